@@ -1,0 +1,1 @@
+"""HTTP routers. Nothing below this package imports it."""

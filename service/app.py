@@ -1,0 +1,72 @@
+"""`create_app(settings)`: lifespan resources, the ordered middleware list, the routers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.middleware import Middleware
+
+from service import __version__
+from service.api import health, v1
+from service.errors import StorageUnavailableError, install_error_handlers, problem
+from service.graphs.loader import load_graphs
+from service.lifecycle import Lifecycle
+from service.middleware.body_limit import BodySizeLimitMiddleware
+from service.middleware.request_id import RequestIdMiddleware
+from service.persistence import open_persistence
+from service.persistence.checkpointer import STORAGE_ERRORS
+from service.resources import Resources
+from service.settings import Settings
+from service.streaming.executor import RunExecutor
+
+
+def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """Build the ASGI app. Nothing is opened until the lifespan starts."""
+    lifecycle = lifecycle or Lifecycle()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_persistence(settings) as persistence:
+            graphs = await load_graphs(settings, persistence.checkpointer)
+            executor = RunExecutor(persistence.leases, settings.runs, settings.streaming)
+            restore_signals = lifecycle.chain_signal_handlers()
+            try:
+                yield {
+                    "resources": Resources(settings, persistence, graphs, executor, lifecycle)
+                }
+            finally:
+                lifecycle.begin_shutdown()
+                restore_signals()
+
+    # Outermost first. Starlette adds its ServerErrorMiddleware (our 500 handler) outside
+    # all of these and its ExceptionMiddleware (4xx handlers) inside them.
+    middleware = [
+        # Request id first, so every response (errors and 413s included) carries it and
+        # every log line of the request is bound to it.
+        Middleware(RequestIdMiddleware),
+        # Size limit before anything reads the body.
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
+    ]
+    app = FastAPI(
+        title="graphgate",
+        version=__version__,
+        summary="LangGraph graphs over HTTP with Server-Sent Events and durable threads.",
+        lifespan=lifespan,
+        middleware=middleware,
+        debug=False,  # never render tracebacks to clients
+    )
+    install_error_handlers(app)
+
+    async def storage_unavailable(request: Request, exc: Exception) -> Response:
+        err = StorageUnavailableError()
+        return problem(request, err.status, err.code, err.title, err.detail, err.headers)
+
+    for exc_type in STORAGE_ERRORS:
+        app.add_exception_handler(exc_type, storage_unavailable)
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    return app

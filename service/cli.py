@@ -1,0 +1,137 @@
+"""The `graphgate` command: serve, migrate, config, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from service import __version__
+from service.settings import ConfigError, Settings, load_settings, public_view
+
+EXIT_CONFIG = 2  # invalid settings or graph specs
+EXIT_STARTUP = 1  # a dependency (the database) is not there
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphgate",
+        description="Serve LangGraph graphs over HTTP with Server-Sent Events and durable "
+        "threads. Configuration: GRAPHGATE_* environment variables, a TOML file named by "
+        "GRAPHGATE_CONFIG, and a secrets directory; see docs/configuration.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="interface to bind (default from settings: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default from settings: 8000)")
+    serve.add_argument(
+        "--workers", type=int, help="1: one uvicorn process; more: gunicorn with uvicorn workers"
+    )
+    commands.add_parser("migrate", help="create or upgrade the database tables, then exit")
+    commands.add_parser("config", help="print the effective settings (secrets masked)")
+    commands.add_parser("version", help="print version information")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"graphgate: error: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    server = {k: getattr(args, k, None) for k in ("host", "port", "workers")}
+    server = {k: v for k, v in server.items() if v is not None}
+    settings = load_settings()
+    if server:
+        # Command-line flags win over every other source; re-validate with them applied.
+        merged = {**settings.server.model_dump(), **server}
+        overrides["server"] = merged
+        settings = load_settings(**overrides)
+    return settings
+
+
+def _preflight(settings: Settings) -> None:
+    """Fail fast, before any server starts, on bad graph specs and an absent database.
+
+    Also runs the migrations once here, before workers start, so workers find the
+    tables in place (they would also serialise on an advisory lock if they raced).
+    """
+    from service.graphs.loader import check_spec
+    from service.persistence import open_persistence
+
+    for name, spec in settings.graph_specs.items():
+        check_spec(name, spec)
+
+    async def migrate() -> None:
+        async with open_persistence(settings):
+            pass
+
+    asyncio.run(migrate())
+
+
+def _serve(settings: Settings) -> int:
+    from service.observability.logging import configure_logging
+
+    configure_logging(settings)
+    if settings.server.workers == 1:
+        import uvicorn
+
+        from service.app import create_app
+
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.server.host,
+            port=settings.server.port,
+            lifespan="on",
+            log_config=None,
+            server_header=False,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.server.forwarded_allow_ips,
+            timeout_keep_alive=settings.server.keep_alive_s,
+            timeout_graceful_shutdown=settings.server.graceful_timeout_s,
+        )
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else EXIT_STARTUP
+    from service.gunicorn_app import GraphgateGunicorn
+
+    GraphgateGunicorn(settings).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        import langgraph.version
+
+        print(
+            f"graphgate {__version__} (Python {platform.python_version()}, "
+            f"langgraph {langgraph.version.__version__})"
+        )
+        return 0
+    from service.graphs.loader import GraphLoadError
+    from service.persistence import StorageUnavailable
+
+    try:
+        settings = _settings(args)
+        if args.command == "config":
+            print(json.dumps(public_view(settings), indent=2, default=str))
+            return 0
+        _preflight(settings)
+    except (ConfigError, GraphLoadError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except StorageUnavailable as exc:
+        return _fail(str(exc), EXIT_STARTUP)
+    if args.command == "migrate":
+        print(f"graphgate: {settings.database_kind} storage is migrated", file=sys.stderr)
+        return 0
+    return _serve(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""One error shape for every 4xx/5xx: RFC 9457 problem+json plus `code` and `request_id`.
+
+Handlers here never put exception text in a response: clients get a fixed title and
+detail per error code; the exception itself goes to the server log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+PROBLEM_TYPE = "application/problem+json"
+log = structlog.get_logger("graphgate.errors")
+
+
+class ServiceError(Exception):
+    """An error with a fixed, client-safe description."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+    detail: str | None = None
+    headers: Mapping[str, str] = {}
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        if detail is not None:
+            self.detail = detail
+        self.extra = extra
+
+
+class ThreadNotFound(ServiceError):
+    status, code, title = 404, "thread_not_found", "Thread not found"
+
+
+class ThreadBusyError(ServiceError):
+    status, code, title = 409, "thread_busy", "Thread busy"
+    detail = "Another run is in progress on this thread; retry when it has finished."
+    headers = {"Retry-After": "1"}
+
+
+class UnknownGraphError(ServiceError):
+    status, code, title = 422, "unknown_graph", "Unknown graph"
+
+
+class InvalidRequest(ServiceError):
+    status, code, title = 422, "invalid_request", "Invalid request"
+
+
+class ServiceUnavailable(ServiceError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+    headers = {"Retry-After": "5"}
+
+
+class StorageUnavailableError(ServiceUnavailable):
+    code, title = "storage_unavailable", "Storage unavailable"
+    detail = "The conversation store is unavailable; try again."
+
+
+class BodyTooLarge(ServiceError):
+    status, code, title = 413, "body_too_large", "Request body too large"
+
+
+def request_id_of(request: Request) -> str:
+    rid = request.scope.get("state", {}).get("request_id")
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def problem(
+    request: Request,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    rid = request_id_of(request)
+    body: dict[str, Any] = {
+        "type": f"urn:graphgate:problem:{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "request_id": rid,
+    }
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    all_headers = {"x-request-id": rid, **(headers or {})}
+    return JSONResponse(body, status_code=status, headers=all_headers, media_type=PROBLEM_TYPE)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return problem(request, exc.status, exc.code, exc.title, exc.detail, exc.headers, **exc.extra)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    code = phrase.lower().replace(" ", "_").replace("-", "_")
+    # Starlette's own details ("Not Found", "Method Not Allowed") are fixed strings;
+    # anything else is replaced, in case a library put exception text there.
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    if status >= 500:
+        detail = None
+    return problem(request, status, code, phrase, detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    malformed = False
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            malformed = True
+        # `loc` and `msg` only: pydantic's `input`/`ctx` echo the client's data back.
+        errors.append({"loc": [str(p) for p in error.get("loc", ())], "msg": error.get("msg")})
+    if malformed:
+        return problem(request, 400, "malformed_json", "Malformed JSON body",
+                       "The request body is not valid JSON.")
+    return problem(request, 422, "invalid_request", "Invalid request",
+                   "The request does not match the expected schema.", errors=errors)
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    log.error("unhandled_exception", request_id=request_id_of(request),
+              exc_type=type(exc).__name__, exc_info=exc)
+    return problem(request, 500, "internal_error", "Internal server error",
+                   "An unexpected error occurred; quote the request id when reporting it.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Registered for Exception, Starlette runs this inside its outermost
+    # ServerErrorMiddleware, which re-raises afterwards so the server logs it too.
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,62 @@
+"""gunicorn settings and worker class for `graphgate serve --workers N` (N > 1).
+
+The CLI builds a gunicorn application from these; see docs/deployment.md. Each value is
+derived from Settings so there is one place to configure the service.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from uvicorn_worker import UvicornWorker
+
+from service.settings import Settings
+
+
+class GraphgateUvicornWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn_worker.UvicornWorker with graphgate's server options."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class's extension point
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        # No `server: uvicorn` header: don't advertise the stack.
+        "server_header": False,
+        # Honour X-Forwarded-* only from forwarded_allow_ips (passed by the base class).
+        "proxy_headers": True,
+    }
+
+
+WORKER_CLASS = f"{GraphgateUvicornWorker.__module__}.{GraphgateUvicornWorker.__qualname__}"
+
+
+def default_worker_tmp_dir() -> str | None:
+    # gunicorn's heartbeat file is touched constantly; on a disk-backed /tmp that can
+    # stall workers, so use tmpfs when there is one.
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    server = settings.server
+    return {
+        "bind": [f"{server.host}:{server.port}"],
+        "workers": server.workers,
+        "worker_class": WORKER_CLASS,
+        # How long workers may finish open streams after SIGTERM before being killed.
+        "graceful_timeout": server.graceful_timeout_s,
+        # Longer than nginx's upstream keepalive_timeout (60 s), or nginx may reuse a
+        # connection the worker is closing and answer 502.
+        "keepalive": server.keep_alive_s,
+        "worker_tmp_dir": server.worker_tmp_dir or default_worker_tmp_dir(),
+        "forwarded_allow_ips": server.forwarded_allow_ips,
+        "max_requests": server.max_requests,
+        "max_requests_jitter": server.max_requests_jitter,
+        # gunicorn 27 opens ~/.gunicorn/gunicorn.ctl by default; two instances on one
+        # host would share it silently. graphgate does not use the control socket.
+        "control_socket_disable": True,
+        "proc_name": "graphgate",
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.logging.level.lower(),
+    }

@@ -1,0 +1,49 @@
+"""Process lifecycle: knowing that shutdown has begun, so /readyz can say so at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.draining = False
+
+    def begin_shutdown(self) -> None:
+        self.draining = True
+
+    def chain_signal_handlers(self) -> Callable[[], None]:
+        """Mark draining on SIGTERM/SIGINT, then run whatever handler was there.
+
+        The server (uvicorn, or uvicorn inside a gunicorn worker) installs its own
+        handlers before the lifespan starts; we wrap them rather than replace them, so
+        the server still shuts down as it would. Returns a function that restores them.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.begin_shutdown()
+            prior = previous.get(signum)
+            if callable(prior):
+                prior(signum, frame)
+            elif prior == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        for sig in _SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, prior in previous.items():
+                if signal.getsignal(sig) is handler:
+                    signal.signal(sig, prior)
+
+        return restore

@@ -1,0 +1,187 @@
+"""Checkpointer factory: memory, SQLite (the embedded default) or Postgres.
+
+Everything here is opened in the app lifespan and closed when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service.persistence.leases import (
+    POSTGRES_SCHEMA,
+    MemoryLeases,
+    PostgresLeases,
+    SqliteLeases,
+    ThreadLeases,
+)
+from service.settings import Settings
+
+# Arbitrary constant; every graphgate process serialises its migrations on it.
+MIGRATION_LOCK_KEY = 0x67726170  # "grap"
+
+# Errors that mean "the database is unreachable or overloaded", not "a bug".
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    PoolTimeout,
+    psycopg.OperationalError,
+    aiosqlite.OperationalError,
+)
+
+
+class StorageUnavailable(Exception):
+    """The checkpointer's backing store did not answer."""
+
+
+@dataclass(frozen=True)
+class Persistence:
+    kind: str
+    checkpointer: BaseCheckpointSaver[Any]
+    leases: ThreadLeases
+    # A real query against the store; raises on failure. Used by /readyz.
+    ping: Callable[[], Awaitable[None]]
+    pool: AsyncConnectionPool | None = None  # type: ignore[type-arg]
+
+
+async def _no_ping() -> None:
+    return None
+
+
+@contextlib.asynccontextmanager
+async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
+    """Open the configured store, run its migrations and yield it; close it on exit."""
+    kind = settings.database_kind
+    if kind == "memory":
+        yield Persistence(kind, InMemorySaver(), MemoryLeases(), _no_ping)
+    elif kind == "sqlite":
+        async with _open_sqlite(settings) as persistence:
+            yield persistence
+    else:
+        async with _open_postgres(settings) as persistence:
+            yield persistence
+
+
+async def _sqlite_connect(path: str) -> aiosqlite.Connection:
+    # isolation_level=None: statements commit themselves (the saver commits explicitly too).
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    # WAL lets several worker processes read while one writes; busy_timeout makes a writer
+    # wait for the file lock instead of failing at once with "database is locked".
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def _open_sqlite(settings: Settings) -> AsyncIterator[Persistence]:
+    path = settings.sqlite_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saver_conn = await _sqlite_connect(str(path))
+    lease_conn = await _sqlite_connect(str(path))
+    try:
+        saver = AsyncSqliteSaver(saver_conn)
+        await saver.setup()
+        leases = SqliteLeases(lease_conn)
+        await leases.setup()
+
+        async def ping() -> None:
+            async with lease_conn.execute("SELECT count(*) FROM checkpoints WHERE 0") as cursor:
+                await cursor.fetchone()
+
+        yield Persistence("sqlite", saver, leases, ping)
+    finally:
+        await lease_conn.close()
+        await saver_conn.close()
+
+
+def postgres_conninfo(settings: Settings) -> str:
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    return url
+
+
+def make_pool(settings: Settings) -> AsyncConnectionPool:  # type: ignore[type-arg]
+    pg = settings.postgres
+    return AsyncConnectionPool(
+        postgres_conninfo(settings),
+        min_size=pg.pool_min_size,
+        max_size=pg.pool_max_size,
+        timeout=pg.pool_timeout_s,
+        max_lifetime=pg.max_lifetime_s,
+        max_idle=pg.max_idle_s,
+        open=False,
+        # Without a check, every call after a database restart fails with AdminShutdown
+        # until the process restarts; with it the pool drops dead connections and reconnects.
+        check=AsyncConnectionPool.check_connection,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": 0,
+            "row_factory": dict_row,
+            "connect_timeout": pg.connect_timeout_s,
+            "application_name": "graphgate",
+        },
+        name="graphgate",
+    )
+
+
+async def migrate_postgres(pool: AsyncConnectionPool) -> None:  # type: ignore[type-arg]
+    """Apply the checkpointer's and graphgate's migrations, one process at a time.
+
+    Several workers or replicas may start together; a session advisory lock makes the
+    others wait while the first migrates, after which their migrations are no-ops.
+    """
+    async with pool.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            await AsyncPostgresSaver(conn).setup()
+            await conn.execute(POSTGRES_SCHEMA)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+@contextlib.asynccontextmanager
+async def _open_postgres(settings: Settings) -> AsyncIterator[Persistence]:
+    pool = make_pool(settings)
+    try:
+        await pool.open(wait=True, timeout=settings.postgres.startup_timeout_s)
+    except PoolTimeout:
+        await pool.close()
+        raise StorageUnavailable(
+            "could not connect to the Postgres database within "
+            f"{settings.postgres.startup_timeout_s:g} s"
+        ) from None
+    try:
+        await migrate_postgres(pool)
+        saver = AsyncPostgresSaver(pool)
+
+        async def ping() -> None:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1 FROM checkpoint_migrations LIMIT 1")
+
+        yield Persistence("postgres", saver, PostgresLeases(pool), ping, pool=pool)
+    finally:
+        await pool.close()
+
+
+async def check_ready(persistence: Persistence, timeout_s: float) -> str | None:
+    """None when the store answered a real query in time, else a short reason."""
+    try:
+        await asyncio.wait_for(persistence.ping(), timeout_s)
+    except TimeoutError:
+        return "checkpointer did not answer in time"
+    except Exception:
+        return "checkpointer query failed"
+    return None

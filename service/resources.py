@@ -1,0 +1,20 @@
+"""What the lifespan builds and routes receive (through `service.api.deps`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.graphs.loader import GraphRegistry
+from service.lifecycle import Lifecycle
+from service.persistence import Persistence
+from service.settings import Settings
+from service.streaming.executor import RunExecutor
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    persistence: Persistence
+    graphs: GraphRegistry
+    executor: RunExecutor
+    lifecycle: Lifecycle

@@ -1,0 +1,119 @@
+"""Server-Sent Events framing and a pure-ASGI streaming response.
+
+The response runs a producer task that feeds events into a bounded channel and writes
+them out as they come, with heartbeat comments in silences. It watches `http.disconnect`
+itself (uvicorn's HTTP/1.1 protocols report ASGI spec 2.3, where a send to a gone client
+does not raise), so a client hanging up cancels the producer, and with it the graph run,
+at once rather than at the next write.
+
+We do not use Starlette's StreamingResponse (no heartbeats, no bounded producer) nor add
+sse-starlette: framing is a few lines and the stream lifecycle is the product's core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectSendStream
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+HEARTBEAT = b": heartbeat\n\n"
+
+# Headers every event stream carries: never cached or stored, never buffered by nginx
+# (X-Accel-Buffering), and never compressed (no gzip middleware ever sees event streams).
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def encode_event(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
+    """One SSE frame. `data` must be one line of JSON (ours always is)."""
+    frame = b"event: " + event.encode() + b"\ndata: " + data + b"\n"
+    if event_id is not None:
+        frame += b"id: " + str(event_id).encode() + b"\n"
+    return frame + b"\n"
+
+
+Producer = Callable[[ObjectSendStream[bytes]], Awaitable[None]]
+
+
+class EventStreamResponse(Response):
+    """Stream frames from `producer` as `text/event-stream`.
+
+    Args:
+        producer: coroutine function given a send channel of encoded frames; it must
+            close the channel (or return) when the stream is over.
+        heartbeat_interval_s: silence after which a comment frame is sent, so proxies
+            with read timeouts keep the connection and clients can tell it is alive.
+        headers: extra response headers (e.g. the request id).
+        on_close: awaited once after the stream ends for any reason, shielded from
+            cancellation (releases run leases and the like).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        heartbeat_interval_s: float,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        buffer_size: int = 64,
+    ) -> None:
+        # Response's own __init__ renders a body; a stream has none, so set its fields.
+        self.producer = producer
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.raw_headers = [*SSE_HEADERS, *(headers or [])]
+        self.on_close = on_close
+        self.buffer_size = buffer_size
+        self.status_code = 200
+        self.background: BackgroundTask | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            )
+            async with anyio.create_task_group() as tg:
+                sender, frames = anyio.create_memory_object_stream[bytes](self.buffer_size)
+                tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+                tg.start_soon(self._produce, sender)
+                await self._forward(frames, send)
+                tg.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            # The client went away while we were writing; the run is already cancelled.
+            pass
+        finally:
+            if self.on_close is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.on_close()
+
+    async def _produce(self, sender: ObjectSendStream[bytes]) -> None:
+        async with sender:
+            await self.producer(sender)
+
+    async def _forward(self, frames: Any, send: Send) -> None:
+        async with frames:
+            while True:
+                frame = None
+                with anyio.move_on_after(self.heartbeat_interval_s):
+                    try:
+                        frame = await frames.receive()
+                    except anyio.EndOfStream:
+                        return
+                body = HEARTBEAT if frame is None else frame
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
