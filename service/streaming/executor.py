@@ -11,6 +11,7 @@ more: there is no one to tell.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,9 @@ StreamMode = Literal["values", "updates", "messages", "custom", "debug"]
 STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "messages", "custom", "debug")
 
 log = structlog.get_logger("graphgate.run")
+
+# How long a cancelled run may take to unwind (cancel its nodes, flush its writes).
+CANCEL_GRACE_S = 10.0
 
 
 class ThreadBusy(Exception):
@@ -130,6 +134,21 @@ class Run:
         await emit(RunEvent("end", {"run_id": self.run_id, "status": self.outcome}))
 
     async def _stream(self, emit: Emit) -> None:
+        # The graph runs in its own asyncio task. LangGraph unwinds a cancelled run by
+        # awaiting a clean-up task; anyio re-cancels every await inside a cancelled scope,
+        # which would abandon that clean-up and leave the running node going forever. So
+        # the graph's task is cancelled exactly once, asyncio-style, and we wait for its
+        # clean-up under a shield.
+        task = asyncio.ensure_future(self._consume(emit))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_S):
+                await asyncio.wait([task])
+            raise
+
+    async def _consume(self, emit: Emit) -> None:
         req = self.request
         stream = req.graph.astream(
             req.input,

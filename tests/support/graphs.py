@@ -1,0 +1,77 @@
+"""Graphs the tests serve next to the demo: slow, failing, silent, odd values."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from typing import Annotated, Any, TypedDict
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import START, StateGraph
+
+# Observations made inside the server process (thread servers share this module).
+EVENTS: list[str] = []
+SECRET = "password=hunter2 SELECT secret FROM vault"
+
+
+class Steps(TypedDict, total=False):
+    steps: Annotated[list[str], operator.add]
+    messages: list[Any]
+
+
+async def _a(state: Steps) -> dict[str, Any]:
+    get_stream_writer()({"stage": "a"})
+    return {"steps": ["a"]}
+
+
+async def _b(state: Steps) -> dict[str, Any]:
+    get_stream_writer()({"stage": "b-started"})
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        EVENTS.append("b-cancelled")
+        raise
+    return {"steps": ["b"]}
+
+
+def _two_steps(second: Any) -> StateGraph[Any]:
+    builder: StateGraph[Any] = StateGraph(Steps)
+    builder.add_node("a", _a)
+    builder.add_node("b", second)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    return builder
+
+
+slow = _two_steps(_b)
+
+
+async def _fail(state: Steps) -> dict[str, Any]:
+    raise RuntimeError(SECRET)
+
+
+failing = _two_steps(_fail)
+
+
+async def _silent(state: Steps) -> dict[str, Any]:
+    await asyncio.sleep(1.0)
+    return {"steps": ["silent"]}
+
+
+silent = _two_steps(_silent)
+
+
+class Opaque:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return SECRET
+
+
+async def _odd(state: Steps) -> dict[str, Any]:
+    get_stream_writer()({"big": 2**70, "set": {1, 2}, "bytes": b"\x00\xff", "opaque": Opaque(),
+                         1: "non-string key"})
+    return {"steps": ["odd"]}
+
+
+odd = _two_steps(_odd)

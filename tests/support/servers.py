@@ -1,0 +1,93 @@
+"""Real HTTP servers for tests: uvicorn in a thread, or `graphgate serve` as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from service.app import create_app
+from service.lifecycle import Lifecycle
+from service.settings import Settings
+from tests.support.ports import free_port
+
+
+class ThreadServer:
+    """uvicorn on a free loopback port, serving create_app(settings) from a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.lifecycle = Lifecycle()
+        self.app = create_app(settings, lifecycle=self.lifecycle)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, lifespan="on",
+                                log_config=None, timeout_graceful_shutdown=3)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server failed to start (see log)")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start within 30 s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+class ProcessServer:
+    """`python -m service serve` in a subprocess, configured only through its environment."""
+
+    def __init__(self, env: Mapping[str, str], *args: str, cwd: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAPHGATE_")}
+        self.env = {**clean, "GRAPHGATE_ENV": "development", **env}
+        self.cwd = cwd
+        self.log = tempfile.NamedTemporaryFile(prefix="graphgate-server-", suffix=".log")  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60) -> ProcessServer:
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server did not answer within {timeout_s} s:\n{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")

@@ -1,0 +1,47 @@
+"""A small SSE reader for tests: parses frames as the spec says, keeps comments too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class SSEFrame:
+    event: str | None
+    data: Any
+    id: str | None
+    comment: str | None = None
+
+
+def iter_frames(response: httpx.Response) -> Iterator[SSEFrame]:
+    event: str | None = None
+    data_lines: list[str] = []
+    event_id: str | None = None
+    for line in response.iter_lines():
+        if line == "":
+            if event is not None or data_lines:
+                raw = "\n".join(data_lines)
+                yield SSEFrame(event, json.loads(raw) if raw else None, event_id)
+            event, data_lines, event_id = None, [], None
+            continue
+        if line.startswith(":"):
+            yield SSEFrame(None, None, None, comment=line[1:].strip())
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data_lines.append(value)
+        elif field == "id":
+            event_id = value
+
+
+def events(response: httpx.Response) -> list[SSEFrame]:
+    """Every event frame (comments dropped) until the stream closes."""
+    return [frame for frame in iter_frames(response) if frame.comment is None]
