@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -28,7 +28,7 @@ class ServiceError(Exception):
     code = "internal_error"
     title = "Internal server error"
     detail: str | None = None
-    headers: Mapping[str, str] = {}
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -44,7 +44,7 @@ class ThreadNotFound(ServiceError):
 class ThreadBusyError(ServiceError):
     status, code, title = 409, "thread_busy", "Thread busy"
     detail = "Another run is in progress on this thread; retry when it has finished."
-    headers = {"Retry-After": "1"}
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": "1"}
 
 
 class UnknownGraphError(ServiceError):
@@ -57,7 +57,7 @@ class InvalidRequest(ServiceError):
 
 class ServiceUnavailable(ServiceError):
     status, code, title = 503, "unavailable", "Service unavailable"
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": "5"}
 
 
 class StorageUnavailableError(ServiceUnavailable):
@@ -65,8 +65,16 @@ class StorageUnavailableError(ServiceUnavailable):
     detail = "The conversation store is unavailable; try again."
 
 
-class BodyTooLarge(ServiceError):
+class BodyTooLarge(ServiceError, HTTPException):
+    """Raised from inside a body read. FastAPI re-raises HTTPExceptions from there (any
+    other exception becomes a generic 400); our ServiceError handler still renders it,
+    since it comes first in the MRO."""
+
     status, code, title = 413, "body_too_large", "Request body too large"
+
+    def __init__(self, detail: str) -> None:
+        HTTPException.__init__(self, status_code=413, detail=detail)
+        self.extra = {}
 
 
 def request_id_of(request: Request) -> str:

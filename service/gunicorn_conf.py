@@ -34,7 +34,8 @@ WORKER_CLASS = f"{GraphgateUvicornWorker.__module__}.{GraphgateUvicornWorker.__q
 def default_worker_tmp_dir() -> str | None:
     # gunicorn's heartbeat file is touched constantly; on a disk-backed /tmp that can
     # stall workers, so use tmpfs when there is one.
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    shm = "/dev/shm"  # noqa: S108 - gunicorn's documented tmpfs choice; files are 0600 per worker
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

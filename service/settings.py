@@ -196,13 +196,13 @@ class Settings(BaseSettings):
     default_graph: str | None = Field(
         None, description="Graph used when a request names none; default: the first one."
     )
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
-    streaming: StreamingSettings = Field(default_factory=StreamingSettings)  # type: ignore[arg-type]
-    runs: RunSettings = Field(default_factory=RunSettings)  # type: ignore[arg-type]
-    limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
-    demo: DemoSettings = Field(default_factory=DemoSettings)  # type: ignore[arg-type]
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    runs: RunSettings = Field(default_factory=RunSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("graphs", mode="before")
     @classmethod
@@ -300,7 +300,9 @@ class _TomlFileSource(PydanticBaseSettingsSource):
             with self.path.open("rb") as fh:
                 return tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"{CONFIG_FILE_VAR}: config file {self.path} does not exist") from None
+            raise ConfigError(
+                f"{CONFIG_FILE_VAR}: config file {self.path} does not exist"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{CONFIG_FILE_VAR}: {self.path} is not valid TOML ({exc})") from None
 

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.tools import tool
 from langgraph.config import get_stream_writer
@@ -31,7 +38,7 @@ from service.settings import Settings
 _FILLER = (
     "This reply comes from graphgate's offline demo model, streamed token by token "
     "so you can watch Server-Sent Events arrive."
-).split()
+).split(" ")
 
 
 def _text(message: BaseMessage) -> str:
@@ -84,8 +91,6 @@ class DemoChatModel(BaseChatModel):
     def _chunks(self, message: AIMessage) -> Iterator[AIMessageChunk]:
         if message.tool_calls:
             call = message.tool_calls[0]
-            import json
-
             yield AIMessageChunk(
                 content="",
                 tool_call_chunks=[

@@ -6,9 +6,10 @@ is refused before reading, and an undeclared (chunked) body is counted as it arr
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BodyTooLarge
+from service.errors import BodyTooLarge, problem
 
 
 class BodySizeLimitMiddleware:
@@ -46,11 +47,6 @@ class BodySizeLimitMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
-    # Build the problem response through the same helper the handlers use.
-    from starlette.requests import Request
-
-    from service.errors import problem
-
     response = problem(Request(scope), 413, BodyTooLarge.code, BodyTooLarge.title,
                        f"The request body exceeds {max_bytes} bytes.")
     await response(scope, receive, send)

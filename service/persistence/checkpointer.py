@@ -17,12 +17,14 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.persistence.leases import (
     POSTGRES_SCHEMA,
     MemoryLeases,
+    Pool,
     PostgresLeases,
     SqliteLeases,
     ThreadLeases,
@@ -33,7 +35,7 @@ from service.settings import Settings
 MIGRATION_LOCK_KEY = 0x67726170  # "grap"
 
 # Errors that mean "the database is unreachable or overloaded", not "a bug".
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
     PoolTimeout,
     psycopg.OperationalError,
     aiosqlite.OperationalError,
@@ -51,7 +53,7 @@ class Persistence:
     leases: ThreadLeases
     # A real query against the store; raises on failure. Used by /readyz.
     ping: Callable[[], Awaitable[None]]
-    pool: AsyncConnectionPool | None = None  # type: ignore[type-arg]
+    pool: Pool | None = None
 
 
 async def _no_ping() -> None:
@@ -113,10 +115,11 @@ def postgres_conninfo(settings: Settings) -> str:
     return url
 
 
-def make_pool(settings: Settings) -> AsyncConnectionPool:  # type: ignore[type-arg]
+def make_pool(settings: Settings) -> Pool:
     pg = settings.postgres
     return AsyncConnectionPool(
         postgres_conninfo(settings),
+        connection_class=AsyncConnection[DictRow],
         min_size=pg.pool_min_size,
         max_size=pg.pool_max_size,
         timeout=pg.pool_timeout_s,
@@ -137,7 +140,7 @@ def make_pool(settings: Settings) -> AsyncConnectionPool:  # type: ignore[type-a
     )
 
 
-async def migrate_postgres(pool: AsyncConnectionPool) -> None:  # type: ignore[type-arg]
+async def migrate_postgres(pool: Pool) -> None:
     """Apply the checkpointer's and graphgate's migrations, one process at a time.
 
     Several workers or replicas may start together; a session advisory lock makes the

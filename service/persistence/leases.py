@@ -15,7 +15,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import aiosqlite
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
+
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 
 class ThreadLeases(Protocol):
@@ -121,7 +125,7 @@ CREATE TABLE IF NOT EXISTS graphgate_thread_leases (
 class PostgresLeases:
     """Leases in Postgres, timed by the database clock so replicas agree on expiry."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:  # type: ignore[type-arg]
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
     async def acquire(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
@@ -134,7 +138,8 @@ class PostgresLeases:
                 " WHERE graphgate_thread_leases.expires_at < now() RETURNING run_id",
                 (thread_id, run_id, ttl_s),
             )
-            return await cursor.fetchone() is not None
+            row = await cursor.fetchone()
+            return row is not None
 
     async def renew(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
         async with self._pool.connection() as conn:

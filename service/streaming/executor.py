@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import structlog
+from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.pregel import Pregel
 
@@ -96,7 +97,7 @@ class Run:
         self._released = False
         self.outcome: Literal["pending", "success", "error", "timeout"] = "pending"
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> RunnableConfig:
         req = self.request
         # Built entirely server-side: clients never supply configurable keys.
         return {
@@ -125,7 +126,8 @@ class Run:
                                 exc_info=exc)
             if deadline.cancelled_caught:
                 error = TIMEOUT
-                bound.warning("run_timed_out", max_duration_s=self._executor.streaming.max_duration_s)
+                bound.warning("run_timed_out",
+                              max_duration_s=self._executor.streaming.max_duration_s)
             tg.cancel_scope.cancel()
         self.outcome = "success" if error is None else (
             "timeout" if error is TIMEOUT else "error")
@@ -150,12 +152,12 @@ class Run:
 
     async def _consume(self, emit: Emit) -> None:
         req = self.request
-        stream = req.graph.astream(
+        stream: AsyncGenerator[Any, None] = req.graph.astream(  # type: ignore[assignment]
             req.input,
-            self.config(),  # type: ignore[arg-type]
+            self.config(),
             stream_mode=list(req.stream_modes),
             durability=self._executor.run_settings.durability,
-        )
+        )  # an async generator, though typed as an iterator
         async with contextlib.aclosing(stream):
             async for mode, chunk in stream:
                 await emit(RunEvent(mode, chunk))

@@ -1,0 +1,41 @@
+# The two commands: `make run` serves the demo; `make test` passes the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint check-deps docs clean
+
+$(BIN)/python:
+	scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-install whenever pyproject.toml changes.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	GRAPHGATE_ENV=development $(BIN)/graphgate serve --host $(HOST) --port $(PORT)
+
+check-deps:
+	scripts/system-deps.sh --test
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check service tests
+	$(BIN)/mypy
+
+test: check-deps lint
+	$(BIN)/python -m pytest
+
+docs: $(VENV)/.installed-test
+	$(BIN)/python -m service.config_reference --write
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

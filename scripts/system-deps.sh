@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages graphgate needs on Debian/Ubuntu, only when missing.
+#   scripts/system-deps.sh          what `make run` needs (python3-venv)
+#   scripts/system-deps.sh --test   plus the real servers the test suite starts (PostgreSQL)
+# Uses apt-get as root, or through sudo when available; otherwise says what is missing.
+set -euo pipefail
+
+want=()
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  want+=(python3-venv)
+fi
+if [[ "${1:-}" == "--test" ]]; then
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+    want+=(postgresql)
+  fi
+fi
+[[ ${#want[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -eq 0 ]]; then
+  sudo=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "graphgate: missing system packages: ${want[*]} (install them with apt-get, as root)" >&2
+  exit 0  # the tests that need them skip locally, and fail in CI
+fi
+if ! command -v apt-get >/dev/null; then
+  echo "graphgate: missing system packages: ${want[*]} (no apt-get here; install them yourself)" >&2
+  exit 0
+fi
+echo "graphgate: installing ${want[*]}" >&2
+# A policy-rc.d that refuses lets packages install without starting their services:
+# the tests start private instances on free ports and leave the system ones alone.
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
