@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"langgraph {langgraph.version.__version__})"
         )
         return 0
+    import psycopg
+
     from service.graphs.loader import GraphLoadError
     from service.persistence import StorageUnavailable
 
@@ -127,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_CONFIG)
     except StorageUnavailable as exc:
         return _fail(str(exc), EXIT_STARTUP)
+    except psycopg.Error as exc:
+        # Operator-facing: the database's own message says what to fix (auth, grants).
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return _fail(f"database set-up failed: {type(exc).__name__}: {first_line}", EXIT_STARTUP)
     if args.command == "migrate":
         print(f"graphgate: {settings.database_kind} storage is migrated", file=sys.stderr)
         return 0

@@ -65,16 +65,14 @@ class StorageUnavailableError(ServiceUnavailable):
     detail = "The conversation store is unavailable; try again."
 
 
-class BodyTooLarge(ServiceError, HTTPException):
-    """Raised from inside a body read. FastAPI re-raises HTTPExceptions from there (any
-    other exception becomes a generic 400); our ServiceError handler still renders it,
-    since it comes first in the MRO."""
+class BodyTooLarge(HTTPException):
+    """Raised from inside a body read. An HTTPException because FastAPI re-raises those
+    from there (anything else becomes a generic 400); it has its own handler below."""
 
-    status, code, title = 413, "body_too_large", "Request body too large"
+    code, title = "body_too_large", "Request body too large"
 
     def __init__(self, detail: str) -> None:
-        HTTPException.__init__(self, status_code=413, detail=detail)
-        self.extra = {}
+        super().__init__(status_code=413, detail=detail)
 
 
 def request_id_of(request: Request) -> str:
@@ -124,6 +122,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem(request, status, code, phrase, detail, exc.headers)
 
 
+async def _body_too_large(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyTooLarge)
+    return problem(request, 413, exc.code, exc.title, str(exc.detail))
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = []
@@ -150,6 +153,7 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Registered for Exception, Starlette runs this inside its outermost
     # ServerErrorMiddleware, which re-raises afterwards so the server logs it too.

@@ -72,15 +72,20 @@ async def build_graph(
             takes_settings = len(inspect.signature(obj).parameters) >= 1
         except (TypeError, ValueError):
             takes_settings = False
-        obj = obj(settings) if takes_settings else obj()
-        if inspect.isawaitable(obj):
-            obj = await obj
+        try:
+            obj = obj(settings) if takes_settings else obj()
+            if inspect.isawaitable(obj):
+                obj = await obj
+        except Exception as exc:
+            raise GraphLoadError(
+                f"graph {name!r}: factory {spec} raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(obj, Pregel | StateGraph):
             raise _kind_error(name, spec, obj, from_factory=True)
     if isinstance(obj, StateGraph):
         return obj.compile(checkpointer=checkpointer, name=name)
     if isinstance(obj, Pregel):
-        return obj.copy(update={"checkpointer": checkpointer})
+        return obj.copy(update={"checkpointer": checkpointer, "name": name})
     raise _kind_error(name, spec, obj)
 
 

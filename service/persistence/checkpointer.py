@@ -33,6 +33,7 @@ from service.settings import Settings
 
 # Arbitrary constant; every graphgate process serialises its migrations on it.
 MIGRATION_LOCK_KEY = 0x67726170  # "grap"
+MIGRATION_POLL_S = 0.1
 
 # Errors that mean "the database is unreachable or overloaded", not "a bug".
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
@@ -145,9 +146,21 @@ async def migrate_postgres(pool: Pool) -> None:
 
     Several workers or replicas may start together; a session advisory lock makes the
     others wait while the first migrates, after which their migrations are no-ops.
+
+    Waiters poll with pg_try_advisory_lock rather than block in pg_advisory_lock: the
+    checkpointer's migrations include CREATE INDEX CONCURRENTLY, which waits for every
+    open transaction, and a blocked pg_advisory_lock call is one, so blocking waiters
+    and the migrating process would deadlock.
     """
     async with pool.connection() as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        while True:
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s) AS locked", (MIGRATION_LOCK_KEY,)
+            )
+            row = await cursor.fetchone()
+            if row is not None and row["locked"]:
+                break
+            await asyncio.sleep(MIGRATION_POLL_S)
         try:
             await AsyncPostgresSaver(conn).setup()
             await conn.execute(POSTGRES_SCHEMA)

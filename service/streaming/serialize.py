@@ -9,7 +9,10 @@ type-name placeholder, so a stream never dies on an odd value.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import math
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +31,11 @@ def _default(obj: Any) -> Any:
         return base64.b64encode(bytes(obj)).decode("ascii")
     if isinstance(obj, Mapping):
         return dict(obj)
+    # orjson handles these natively; the stdlib fallback path needs them spelled out.
+    if isinstance(obj, datetime.date | datetime.time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
     to_json = getattr(obj, "to_json", None)  # LangChain Serializable objects
     if callable(to_json):
         try:
@@ -36,10 +44,31 @@ def _default(obj: Any) -> Any:
             return _placeholder(obj)
     if hasattr(obj, "__dict__"):
         return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    slots = getattr(type(obj), "__slots__", None)
+    slots = _slot_names(type(obj))
     if slots:
         return {name: getattr(obj, name, None) for name in slots if not name.startswith("_")}
     return _placeholder(obj)
+
+
+def _slot_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name not in names and name not in ("__dict__", "__weakref__"):
+                names.append(name)
+    return names
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null, as orjson writes them (stdlib would write bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _placeholder(obj: Any) -> dict[str, str]:
@@ -65,7 +94,8 @@ def dumps(value: Any) -> bytes:
         pass
     try:
         return json.dumps(
-            value, default=_stdlib_default, separators=(",", ":"), ensure_ascii=False
+            _finite(value), default=_stdlib_default, separators=(",", ":"),
+            ensure_ascii=False, allow_nan=False,
         ).encode()
     except (TypeError, ValueError, RecursionError):
         return orjson.dumps(_placeholder(value))

@@ -86,8 +86,9 @@ class EventStreamResponse(Response):
                 await self._forward(frames, send)
                 tg.cancel_scope.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            # The client went away while we were writing; the run is already cancelled.
+        except* OSError:
+            # The client went away while we were writing (servers on ASGI spec 2.4 raise
+            # here); the task group has already cancelled the run.
             pass
         finally:
             if self.on_close is not None:

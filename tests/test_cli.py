@@ -1,0 +1,133 @@
+"""The `graphgate` command: version, help, config errors (exit 2), effective config, migrate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer
+
+
+def graphgate(*args: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAPHGATE_")}
+    return subprocess.run([sys.executable, "-m", "service", *args], env={**clean, **(env or {})},
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_version() -> None:
+    """`graphgate version` names graphgate, Python and langgraph versions."""
+    result = graphgate("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("graphgate ")
+    assert "langgraph" in result.stdout
+
+
+def test_help_lists_commands() -> None:
+    """`graphgate --help` lists every command."""
+    result = graphgate("--help")
+    assert result.returncode == 0
+    for command in ("serve", "migrate", "config", "version"):
+        assert command in result.stdout
+    serve_help = graphgate("serve", "--help").stdout
+    assert "--workers" in serve_help and "--host" in serve_help and "--port" in serve_help
+
+
+@pytest.mark.parametrize(("env", "args", "expected"), [
+    ({"GRAPHGATE_SERVER__PORT": "99999"}, (), "server.port (GRAPHGATE_SERVER__PORT)"),
+    ({}, ("--port", "0"), "server.port"),
+    ({"GRAPHGATE_ENV": "staging"}, (), "env (GRAPHGATE_ENV)"),
+    ({"GRAPHGATE_DATABASE_URL": "mysql://u:hunter2@db/x"}, (), "database_url"),
+    ({"GRAPHGATE_STREAMING__HEARTBEAT_INTERVAL_S": "soon"}, (), "heartbeat_interval_s"),
+    ({"GRAPHGATE_GRAPHS": "bad spec"}, (), "graphs"),
+    ({"GRAPHGATE_GRAPHS": "g=no_such_module_xyz:graph"}, (), "cannot import module"),
+    ({"GRAPHGATE_GRAPHS": "g=json:no_such_attr"}, (), "has no attribute"),
+    ({"GRAPHGATE_GRAPHS": "g=json:__name__"}, (), "is a str; expected a compiled graph"),
+    ({"GRAPHGATE_DEFAULT_GRAPH": "other"}, (), "default_graph"),
+    ({"GRAPHGATE_CONFIG": "/nonexistent/graphgate.toml"}, (), "does not exist"),
+])
+def test_config_errors_exit_2_with_one_line(tmp_path: Path, env: dict[str, str],
+                                             args: tuple[str, ...], expected: str) -> None:
+    """An invalid setting stops start-up: exit 2, one line naming it, no traceback."""
+    result = graphgate("serve", *args, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("graphgate: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started or created
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[server]\nprot = 8000\n", "server.prot"),
+    ("[server\nport = 1\n", "not valid TOML"),
+    ("[streaming]\nheartbeat_interval_s = 0\n", "streaming.heartbeat_interval_s"),
+])
+def test_config_file_errors(tmp_path: Path, text: str, expected: str) -> None:
+    """Typos and invalid values in the TOML file are refused the same way."""
+    config = tmp_path / "graphgate.toml"
+    config.write_text(text)
+    result = graphgate("serve", env={"GRAPHGATE_CONFIG": str(config)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_config_shows_effective_settings_with_secrets_masked(tmp_path: Path) -> None:
+    """`graphgate config` prints merged settings and never the database password."""
+    config = tmp_path / "graphgate.toml"
+    config.write_text('[streaming]\nheartbeat_interval_s = 7\n[graphs]\nmine = "json:loads"\n')
+    result = graphgate("config", env={
+        "GRAPHGATE_CONFIG": str(config),
+        "GRAPHGATE_DATABASE_URL": "postgresql://app:hunter2@db.internal/graphs",
+        "GRAPHGATE_STREAMING__MAX_DURATION_S": "60",
+    })
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert '"heartbeat_interval_s": 7.0' in result.stdout
+    assert '"max_duration_s": 60.0' in result.stdout
+    assert '"mine": "json:loads"' in result.stdout
+
+
+def test_migrate_creates_tables(postgres: PostgresServer) -> None:
+    """`graphgate migrate` creates the checkpointer's and graphgate's tables, idempotently."""
+    url = postgres.create_database()
+    for _ in range(2):
+        result = graphgate("migrate", env={"GRAPHGATE_DATABASE_URL": url})
+        assert result.returncode == 0, result.stderr
+    with psycopg.connect(url) as conn:
+        tables = {row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations",
+            "graphgate_thread_leases"} <= tables
+
+
+def test_concurrent_migrations_are_safe(postgres: PostgresServer) -> None:
+    """Several processes migrating one fresh database at once all succeed."""
+    url = postgres.create_database()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAPHGATE_")}
+    procs = [subprocess.Popen([sys.executable, "-m", "service", "migrate"],
+                              env={**clean, "GRAPHGATE_DATABASE_URL": url},
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    with psycopg.connect(url) as conn:
+        versions = conn.execute("SELECT v FROM checkpoint_migrations ORDER BY v").fetchall()
+    assert [v[0] for v in versions] == list(range(len(versions)))  # each applied once
+
+
+def test_unreachable_database_fails_start_clearly(tmp_path: Path) -> None:
+    """With Postgres down at start, serve exits 1 with one line, not a traceback."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    result = graphgate("serve", env={"GRAPHGATE_DATABASE_URL": url,
+                                     "GRAPHGATE_POSTGRES__STARTUP_TIMEOUT_S": "1"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "could not connect to the Postgres database" in result.stderr
+    assert "Traceback" not in result.stderr
