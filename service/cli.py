@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -96,6 +97,11 @@ def _serve(settings: Settings) -> int:
             timeout_graceful_shutdown=settings.server.graceful_timeout_s,
         )
         server = uvicorn.Server(config)
+        # uvicorn handles SIGTERM/SIGINT itself, then restores the handlers it found and
+        # re-raises the signal. Finding these no-ops, a graceful stop exits 0 instead of
+        # dying by signal (or printing a KeyboardInterrupt traceback).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: None)
         server.run()
         return 0 if server.started else EXIT_STARTUP
     from service.gunicorn_app import GraphgateGunicorn

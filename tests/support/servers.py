@@ -60,12 +60,14 @@ class ProcessServer:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAPHGATE_")}
         self.env = {**clean, "GRAPHGATE_ENV": "development", **env}
         self.cwd = cwd
-        self.log = tempfile.NamedTemporaryFile(prefix="graphgate-server-", suffix=".log")  # noqa: SIM115
+        fd, self.log_path = tempfile.mkstemp(prefix="graphgate-server-", suffix=".log")
+        os.close(fd)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60) -> ProcessServer:
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=log,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -90,4 +92,4 @@ class ProcessServer:
         return self.proc.returncode
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return Path(self.log_path).read_text(errors="replace")
