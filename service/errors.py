@@ -6,6 +6,7 @@ detail per error code; the exception itself goes to the server log.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -113,7 +114,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    code = phrase.lower().replace(" ", "_").replace("-", "_")
+    code = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
     # Starlette's own details ("Not Found", "Method Not Allowed") are fixed strings;
     # anything else is replaced, in case a library put exception text there.
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None

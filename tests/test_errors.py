@@ -254,3 +254,25 @@ def test_body_too_large_is_an_http_exception_with_its_own_code() -> None:
     exc = BodyTooLarge("too big")
     assert isinstance(exc, HTTPException)
     assert (exc.status_code, exc.code) == (413, "body_too_large")
+
+
+def test_http_error_codes_are_plain_identifiers() -> None:
+    """Codes derived from status phrases are lower-case words joined by underscores."""
+    import re
+
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/teapot")
+    async def teapot() -> None:
+        raise HTTPException(status_code=418)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/teapot")
+
+    response = asyncio.run(call())
+    assert response.status_code == 418
+    assert re.fullmatch(r"[a-z0-9_]+", response.json()["code"])

@@ -182,8 +182,11 @@ async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestIdDep) -
 
 
 def _last_ai_text(values: Any) -> str | None:
+    """This turn's answer: the last AI message after the last human one, if any."""
     messages = values.get("messages") if isinstance(values, dict) else None
     for message in reversed(messages or []):
+        if getattr(message, "type", None) == "human":
+            return None
         if getattr(message, "type", None) == "ai":
             content = message.content
             if isinstance(content, str):

@@ -204,3 +204,17 @@ def test_openapi_documents_the_api(server: ThreadServer) -> None:
     stream_doc = spec["paths"]["/v1/chat/stream"]["post"]["responses"]["200"]
     assert "text/event-stream" in stream_doc["content"]
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_reply_is_only_this_turns_answer() -> None:
+    """`reply` is None when the run added no AI message after the user's, never a stale one."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from service.api.v1 import _last_ai_text
+
+    earlier = [HumanMessage("q1"), AIMessage("a1")]
+    assert _last_ai_text({"messages": earlier}) == "a1"
+    assert _last_ai_text({"messages": [*earlier, HumanMessage("q2")]}) is None
+    assert _last_ai_text({"messages": [*earlier, HumanMessage("q2"),
+                                       AIMessage([{"type": "text", "text": "a2"}])]}) == "a2"
+    assert _last_ai_text({"steps": []}) is None
