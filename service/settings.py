@@ -110,6 +110,12 @@ class StreamingSettings(_Section):
     max_duration_s: float = Field(
         900.0, gt=0, description="Cancel a run and end its stream with an error after this."
     )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client that takes no data for this long (stopped reading, socket "
+        "still open) is treated as disconnected and its run cancelled.",
+    )
 
 
 class RunSettings(_Section):

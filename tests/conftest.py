@@ -17,6 +17,7 @@ TEST_GRAPHS = {
     "failing": "tests.support.graphs:failing",
     "silent": "tests.support.graphs:silent",
     "odd": "tests.support.graphs:odd",
+    "flood": "tests.support.graphs:flood",
 }
 
 

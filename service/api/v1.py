@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from anyio.abc import ObjectSendStream
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from langgraph.pregel import Pregel
@@ -41,7 +40,7 @@ from service.streaming.executor import (
     ThreadBusy,
 )
 from service.streaming.serialize import dumps
-from service.streaming.sse import EventStreamResponse
+from service.streaming.sse import EmitFrame, EventStreamResponse
 from service.streaming.v1_events import V1EventEncoder
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -126,15 +125,13 @@ async def chat_stream(body: StreamRequest, res: ResourcesDep, request_id: Reques
     )
     encode = V1EventEncoder(request_id)
 
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
-        async def emit(event: RunEvent) -> None:
-            await sender.send(encode(event))
-
-        await run.produce(emit)
+    async def producer(emit_frame: EmitFrame) -> None:
+        await run.produce(lambda event: emit_frame(encode(event)))
 
     return EventStreamResponse(
         producer,
         heartbeat_interval_s=res.settings.streaming.heartbeat_interval_s,
+        send_timeout_s=res.settings.streaming.send_timeout_s,
         on_close=run.release,
     )
 
@@ -154,7 +151,7 @@ async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestIdDep) -
     final: Any = None
     error: RunError | None = None
 
-    async def collect(event: RunEvent) -> None:
+    def collect(event: RunEvent) -> None:
         nonlocal final, error
         if event.event == "values":
             final = event.data

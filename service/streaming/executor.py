@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,7 +84,8 @@ class RunRequest:
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-Emit = Callable[[RunEvent], Awaitable[None]]
+# Synchronous and non-blocking by contract; see service/streaming/sse.py for why.
+Emit = Callable[[RunEvent], None]
 
 
 class Run:
@@ -112,7 +113,7 @@ class Run:
         req = self.request
         bound = log.bind(run_id=self.run_id, thread_id=req.thread_id, graph=req.graph_name,
                          request_id=req.request_id)
-        await emit(RunEvent("metadata", {"run_id": self.run_id, "thread_id": req.thread_id,
+        emit(RunEvent("metadata", {"run_id": self.run_id, "thread_id": req.thread_id,
                                          "graph": req.graph_name}))
         error: RunError | None = None
         async with anyio.create_task_group() as tg:
@@ -132,8 +133,8 @@ class Run:
         self.outcome = "success" if error is None else (
             "timeout" if error is TIMEOUT else "error")
         if error is not None:
-            await emit(RunEvent("error", error))
-        await emit(RunEvent("end", {"run_id": self.run_id, "status": self.outcome}))
+            emit(RunEvent("error", error))
+        emit(RunEvent("end", {"run_id": self.run_id, "status": self.outcome}))
 
     async def _stream(self, emit: Emit) -> None:
         # The graph runs in its own asyncio task. LangGraph unwinds a cancelled run by
@@ -160,7 +161,7 @@ class Run:
         )  # an async generator, though typed as an iterator
         async with contextlib.aclosing(stream):
             async for mode, chunk in stream:
-                await emit(RunEvent(mode, chunk))
+                emit(RunEvent(mode, chunk))
 
     async def _keep_lease(self, bound: Any) -> None:
         ttl = self._executor.run_settings.lease_ttl_s

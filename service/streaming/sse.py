@@ -1,7 +1,7 @@
 """Server-Sent Events framing and a pure-ASGI streaming response.
 
-The response runs a producer task that feeds events into a bounded channel and writes
-them out as they come, with heartbeat comments in silences. It watches `http.disconnect`
+The response runs a producer task that feeds events into a channel and writes them out
+as they come, with heartbeat comments in silences. It watches `http.disconnect`
 itself (uvicorn's HTTP/1.1 protocols report ASGI spec 2.3, where a send to a gone client
 does not raise), so a client hanging up cancels the producer, and with it the graph run,
 at once rather than at the next write.
@@ -12,14 +12,19 @@ sse-starlette: framing is a few lines and the stream lifecycle is the product's 
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectSendStream
+import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+log = structlog.get_logger("graphgate.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -40,20 +45,29 @@ def encode_event(event: str, data: bytes, event_id: str | int | None = None) -> 
     return frame + b"\n"
 
 
-Producer = Callable[[ObjectSendStream[bytes]], Awaitable[None]]
+# Called with a function that queues one encoded frame. Queuing never blocks, on purpose:
+# LangGraph cancels a run's nodes only when cancellation reaches it inside its stream
+# generator, so the code consuming that generator must not wait anywhere else. LangGraph
+# buffers a node's output without bound regardless, so a bounded channel here would not
+# bound memory; slow readers are bounded by send_timeout_s and the maximum duration.
+EmitFrame = Callable[[bytes], None]
+Producer = Callable[[EmitFrame], Awaitable[None]]
 
 
 class EventStreamResponse(Response):
     """Stream frames from `producer` as `text/event-stream`.
 
     Args:
-        producer: coroutine function given a send channel of encoded frames; it must
-            close the channel (or return) when the stream is over.
+        producer: coroutine function given an `emit_frame(bytes)` callable; the stream
+            ends when it returns.
         heartbeat_interval_s: silence after which a comment frame is sent, so proxies
             with read timeouts keep the connection and clients can tell it is alive.
         headers: extra response headers (e.g. the request id).
         on_close: awaited once after the stream ends for any reason, shielded from
             cancellation (releases run leases and the like).
+        send_timeout_s: a client that has not taken a frame within this long (it stopped
+            reading but kept the socket open) is treated as gone: the run is cancelled
+            rather than held, with its lease and buffered output, for ever.
     """
 
     def __init__(
@@ -63,14 +77,14 @@ class EventStreamResponse(Response):
         heartbeat_interval_s: float,
         headers: list[tuple[bytes, bytes]] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
-        buffer_size: int = 64,
+        send_timeout_s: float = 30.0,
     ) -> None:
         # Response's own __init__ renders a body; a stream has none, so set its fields.
         self.producer = producer
         self.heartbeat_interval_s = heartbeat_interval_s
         self.raw_headers = [*SSE_HEADERS, *(headers or [])]
         self.on_close = on_close
-        self.buffer_size = buffer_size
+        self.send_timeout_s = send_timeout_s
         self.status_code = 200
         self.background: BackgroundTask | None = None
 
@@ -79,13 +93,17 @@ class EventStreamResponse(Response):
             await send(
                 {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             )
+            completed = False
             async with anyio.create_task_group() as tg:
-                sender, frames = anyio.create_memory_object_stream[bytes](self.buffer_size)
+                sender, frames = anyio.create_memory_object_stream[bytes](math.inf)
                 tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                 tg.start_soon(self._produce, sender)
-                await self._forward(frames, send)
+                completed = await self._forward(frames, send)
                 tg.cancel_scope.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # Only a stream that ran to its end gets the final chunk: after a disconnect
+            # there is no one to send it to, and after a send timeout it would block too.
+            if completed:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except* OSError:
             # The client went away while we were writing (servers on ASGI spec 2.4 raise
             # here); the task group has already cancelled the run.
@@ -95,11 +113,18 @@ class EventStreamResponse(Response):
                 with anyio.CancelScope(shield=True):
                     await self.on_close()
 
-    async def _produce(self, sender: ObjectSendStream[bytes]) -> None:
-        async with sender:
-            await self.producer(sender)
+    async def _produce(self, sender: MemoryObjectSendStream[bytes]) -> None:
+        def emit_frame(frame: bytes) -> None:
+            # Once the consumer has gone (client gone, stream over) frames are dropped;
+            # the cancellation that follows ends the producer.
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                sender.send_nowait(frame)
 
-    async def _forward(self, frames: Any, send: Send) -> None:
+        async with sender:
+            await self.producer(emit_frame)
+
+    async def _forward(self, frames: Any, send: Send) -> bool:
+        """Send frames until the producer is done (True) or the client stops reading (False)."""
         async with frames:
             while True:
                 frame = None
@@ -107,9 +132,13 @@ class EventStreamResponse(Response):
                     try:
                         frame = await frames.receive()
                     except anyio.EndOfStream:
-                        return
+                        return True
                 body = HEARTBEAT if frame is None else frame
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                with anyio.move_on_after(self.send_timeout_s) as sending:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if sending.cancelled_caught:
+                    log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
+                    return False
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

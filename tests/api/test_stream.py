@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -237,3 +239,26 @@ def test_max_stream_duration_ends_with_error(serve: Callable[[Settings], ThreadS
     assert names(frames) == ["metadata", "updates", "error", "end"]
     assert frames[2].data["code"] == "run_timeout"
     assert frames[3].data["status"] == "timeout"
+
+
+def test_a_client_that_stops_reading_is_let_go(serve: Callable[[Settings], ThreadServer],
+                                               database_url: str) -> None:
+    """A client that keeps its socket open but reads nothing has its run cancelled after
+    streaming.send_timeout_s, and the thread is free again."""
+    server = serve(make_settings(database_url, streaming={"send_timeout_s": 0.5}))
+    graphs.EVENTS.clear()
+    body = json.dumps({"input": {}, "graph": "flood", "thread_id": "stalled",
+                       "stream_mode": "custom"}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"POST /v1/chat/stream HTTP/1.1\r\nHost: t\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # Never read; wait (bounded) for the server to give up on us.
+        deadline = time.monotonic() + 30
+        while "flood-cancelled" not in graphs.EVENTS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "flood-cancelled" in graphs.EVENTS
+        after = httpx.post(server.url + "/v1/chat",
+                           json={"message": "hi", "thread_id": "stalled"}, timeout=30)
+    assert after.status_code == 200

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ObjectSendStream
 
-from service.streaming.sse import HEARTBEAT, EventStreamResponse, encode_event
-
-Producer = Callable[[ObjectSendStream[bytes]], Awaitable[None]]
+from service.streaming.sse import (
+    HEARTBEAT,
+    EmitFrame,
+    EventStreamResponse,
+    Producer,
+    encode_event,
+)
 
 SCOPE: dict[str, Any] = {
     "type": "http",
@@ -78,9 +80,9 @@ def run_response(response: EventStreamResponse, client: FakeClient) -> None:
 
 
 def frames_producer(frames: list[bytes]) -> Producer:
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
+    async def producer(emit_frame: EmitFrame) -> None:
         for frame in frames:
-            await sender.send(frame)
+            emit_frame(frame)
 
     return producer
 
@@ -142,7 +144,7 @@ def test_frames_are_forwarded_in_order_and_the_stream_ends() -> None:
     client = FakeClient()
     on_close = CloseCounter()
     response = EventStreamResponse(
-        frames_producer(frames), heartbeat_interval_s=5, on_close=on_close, buffer_size=4
+        frames_producer(frames), heartbeat_interval_s=5, on_close=on_close
     )
     run_response(response, client)
     assert client.frames() == frames
@@ -165,10 +167,10 @@ def test_heartbeat_is_sent_while_the_producer_is_silent() -> None:
     first = encode_event("e", b"1", 1)
     second = encode_event("e", b"2", 2)
 
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
-        await sender.send(first)
+    async def producer(emit_frame: EmitFrame) -> None:
+        emit_frame(first)
         await anyio.sleep(0.3)
-        await sender.send(second)
+        emit_frame(second)
 
     client = FakeClient()
     run_response(EventStreamResponse(producer, heartbeat_interval_s=0.05), client)
@@ -185,8 +187,8 @@ def test_client_disconnect_cancels_the_producer_and_closes_once() -> None:
     events: list[str] = []
     on_close = CloseCounter()
 
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
-        await sender.send(encode_event("e", b"1", 1))
+    async def producer(emit_frame: EmitFrame) -> None:
+        emit_frame(encode_event("e", b"1", 1))
         try:
             await anyio.sleep_forever()
         except anyio.get_cancelled_exc_class():
@@ -218,8 +220,8 @@ def test_on_close_runs_when_the_producer_fails() -> None:
     """A producer error propagates, and on_close is still awaited once."""
     on_close = CloseCounter()
 
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
-        await sender.send(encode_event("e", b"1"))
+    async def producer(emit_frame: EmitFrame) -> None:
+        emit_frame(encode_event("e", b"1"))
         raise RuntimeError("graph blew up")
 
     client = FakeClient()
@@ -238,7 +240,7 @@ def test_on_close_completes_even_when_the_request_task_is_cancelled() -> None:
     steps: list[str] = []
     producer_started = asyncio.Event()
 
-    async def producer(sender: ObjectSendStream[bytes]) -> None:
+    async def producer(emit_frame: EmitFrame) -> None:
         producer_started.set()
         await anyio.sleep_forever()
 

@@ -75,3 +75,21 @@ async def _odd(state: Steps) -> dict[str, Any]:
 
 
 odd = _two_steps(_odd)
+
+
+async def _flood(state: Steps) -> dict[str, Any]:
+    # More output than socket buffers hold (for a client that never reads), then a wait
+    # that only cancellation ends. LangGraph queues writes without bound, so the node
+    # itself is not slowed by a slow client; only the stream is.
+    write = get_stream_writer()
+    for i in range(10_000):
+        write({"i": i, "pad": "x" * 1000})
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        EVENTS.append("flood-cancelled")
+        raise
+    return {"steps": ["flood"]}
+
+
+flood = _two_steps(_flood)
