@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.middleware import Middleware
@@ -22,6 +23,8 @@ from service.persistence.checkpointer import STORAGE_ERRORS
 from service.resources import Resources
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
+
+SHUTDOWN_RELEASE_WAIT_S = 5.0
 
 
 def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -41,6 +44,10 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Fas
             finally:
                 lifecycle.begin_shutdown()
                 restore_signals()
+                # Cancelled streams release their leases in shielded clean-ups that may
+                # still be running; let them finish before the store closes under them.
+                with anyio.move_on_after(SHUTDOWN_RELEASE_WAIT_S):
+                    await executor.wait_idle()
 
     # Outermost first. Starlette adds its ServerErrorMiddleware (our 500 handler) outside
     # all of these and its ExceptionMiddleware (4xx handlers) inside them.

@@ -38,10 +38,15 @@ def default_worker_tmp_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
+def bind_address(host: str, port: int) -> str:
+    # gunicorn wants IPv6 literals bracketed: "[::]:8000", not ":::8000".
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     server = settings.server
     return {
-        "bind": [f"{server.host}:{server.port}"],
+        "bind": [bind_address(server.host, server.port)],
         "workers": server.workers,
         "worker_class": WORKER_CLASS,
         # How long workers may finish open streams after SIGTERM before being killed.

@@ -234,7 +234,17 @@ class Settings(BaseSettings):
         if value is None:
             return None
         url = value.get_secret_value()
-        if url == "memory:" or url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        if url == "memory:" or url.startswith("sqlite:///"):
+            return value
+        if url.startswith(("postgresql://", "postgres://")):
+            # Parse now: psycopg's pool would otherwise log libpq's parse error, which
+            # quotes the whole URL, password included, on every reconnect attempt.
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(url)
+            except Exception:
+                raise ValueError("is not a valid postgresql:// URL") from None
             return value
         # Never echo the URL: it may carry a password.
         raise ValueError("must be memory:, sqlite:///<path> or postgresql://…")

@@ -76,3 +76,17 @@ def test_two_workers_serve_and_share_thread_leases(tmp_path: Path) -> None:
     assert code == 0, server.output()
     assert not (tmp_path / ".gunicorn").exists()
     assert "Booting worker" in server.output()
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1", "127.0.0.1:8000"), ("::", "[::]:8000"), ("[::1]", "[::1]:8000"),
+    ("localhost", "localhost:8000"),
+])
+def test_bind_address_brackets_ipv6(host: str, expected: str) -> None:
+    """IPv6 literals are bracketed so gunicorn can parse the bind address."""
+    from gunicorn.util import parse_address
+
+    from service.gunicorn_conf import bind_address
+
+    assert bind_address(host, 8000) == expected
+    parse_address(expected)  # raises on a malformed address

@@ -407,3 +407,11 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.env = "development"  # type: ignore[misc]
+
+
+def test_malformed_postgres_url_is_refused_without_echoing_it() -> None:
+    """A postgresql:// URL libpq cannot parse is refused at start-up, password unshown."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(database_url="postgresql://app:S3cretPW@[::1/x")
+    assert "not a valid postgresql:// URL" in str(caught.value)
+    assert "S3cretPW" not in str(caught.value)

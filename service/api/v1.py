@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from langgraph.pregel import Pregel
@@ -89,9 +90,7 @@ async def _start_run(
     try:
         name, graph = res.graphs.get(graph_name)
     except UnknownGraph:
-        raise UnknownGraphError(
-            "No graph by that name is served.", available=sorted(res.graphs.graphs)
-        ) from None
+        raise UnknownGraphError("No graph by that name is served.") from None
     request = RunRequest(
         graph_name=name,
         graph=graph,
@@ -161,7 +160,8 @@ async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestIdDep) -
     try:
         await run.produce(collect)
     finally:
-        await run.release()
+        with anyio.CancelScope(shield=True):
+            await run.release()
     if error is STORAGE:
         raise StorageUnavailableError()
     if error is TIMEOUT:

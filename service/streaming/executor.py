@@ -63,6 +63,9 @@ RECURSION = RunError("recursion_limit", "The run exceeded its step limit.")
 STORAGE = RunError("storage_unavailable", "The conversation store is unavailable; try again.")
 GRAPH = RunError("graph_error", "The graph failed while running.")
 TIMEOUT = RunError("run_timeout", "The run exceeded the maximum stream duration.")
+LEASE_LOST = RunError(
+    "lease_lost", "The run lost its claim on the thread and was stopped; retry the request."
+)
 
 
 def classify(exc: BaseException) -> RunError:
@@ -96,6 +99,8 @@ class Run:
         self.request = request
         self.run_id = request.run_id
         self._released = False
+        self._lease_lost = False
+        self._abandoned: asyncio.Future[None] | None = None
         self.outcome: Literal["pending", "success", "error", "timeout"] = "pending"
 
     def config(self) -> RunnableConfig:
@@ -116,22 +121,29 @@ class Run:
         emit(RunEvent("metadata", {"run_id": self.run_id, "thread_id": req.thread_id,
                                          "graph": req.graph_name}))
         error: RunError | None = None
+        max_duration_s = self._executor.streaming.max_duration_s
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_lease, bound)
-            with anyio.move_on_after(self._executor.streaming.max_duration_s) as deadline:
-                try:
-                    await self._stream(emit)
-                except Exception as exc:
-                    error = classify(exc)
-                    bound.error("run_failed", error_code=error.code, exc_type=type(exc).__name__,
-                                exc_info=exc)
-            if deadline.cancelled_caught:
+            with anyio.CancelScope() as run_scope:
+                tg.start_soon(self._keep_lease, bound, run_scope)
+                with anyio.move_on_after(max_duration_s) as deadline:
+                    try:
+                        await self._stream(emit)
+                    except Exception as exc:
+                        error = classify(exc)
+                        bound.error("run_failed", error_code=error.code,
+                                    exc_type=type(exc).__name__, exc_info=exc)
+            if self._lease_lost:
+                error = LEASE_LOST
+            elif deadline.cancelled_caught:
                 error = TIMEOUT
-                bound.warning("run_timed_out",
-                              max_duration_s=self._executor.streaming.max_duration_s)
+                bound.warning("run_timed_out", max_duration_s=max_duration_s)
             tg.cancel_scope.cancel()
         self.outcome = "success" if error is None else (
             "timeout" if error is TIMEOUT else "error")
+        # Free the thread before saying the run is over: a client that starts its next
+        # turn the moment it sees `end` must not race our release and get a 409.
+        with anyio.CancelScope(shield=True):
+            await self.release()
         if error is not None:
             emit(RunEvent("error", error))
         emit(RunEvent("end", {"run_id": self.run_id, "status": self.outcome}))
@@ -149,6 +161,11 @@ class Run:
             task.cancel()
             with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_S):
                 await asyncio.wait([task])
+            if not task.done():
+                # A node ignoring cancellation. It may still write to the thread, so the
+                # thread stays leased until it really ends.
+                log.error("run_abandoned", run_id=self.run_id, grace_s=CANCEL_GRACE_S)
+                self._abandoned = task
             raise
 
     async def _consume(self, emit: Emit) -> None:
@@ -163,27 +180,59 @@ class Run:
             async for mode, chunk in stream:
                 emit(RunEvent(mode, chunk))
 
-    async def _keep_lease(self, bound: Any) -> None:
+    async def _renew(self) -> bool | None:
+        """True: renewed. False: someone else holds it now. None: the store did not answer."""
         ttl = self._executor.run_settings.lease_ttl_s
+        with anyio.move_on_after(ttl / 3):
+            try:
+                return await self._executor.leases.renew(self.request.thread_id, self.run_id, ttl)
+            except Exception as exc:
+                log.warning("lease_renew_failed", run_id=self.run_id, exc_type=type(exc).__name__)
+        return None
+
+    async def _keep_lease(self, bound: Any, run_scope: anyio.CancelScope) -> None:
+        """Renew every third of the ttl; stop the run if the lease is, or may be, gone.
+
+        Once renewals have failed for two thirds of the ttl, another worker may take the
+        thread any moment; stopping is the only way to be sure two runs never interleave.
+        """
+        ttl = self._executor.run_settings.lease_ttl_s
+        last_renewed = anyio.current_time()
         while True:
             await anyio.sleep(ttl / 3)
-            try:
-                held = await self._executor.leases.renew(self.request.thread_id, self.run_id, ttl)
-            except Exception as exc:
-                bound.warning("lease_renew_failed", exc_type=type(exc).__name__)
-                continue
-            if not held:
-                bound.warning("lease_lost")
+            held = await self._renew()
+            if held:
+                last_renewed = anyio.current_time()
+            elif held is False or anyio.current_time() - last_renewed >= ttl * 2 / 3:
+                bound.error("lease_lost", renewed_s_ago=anyio.current_time() - last_renewed)
+                self._lease_lost = True
+                run_scope.cancel()
+                return
 
     async def release(self) -> None:
+        """Give the thread back (idempotent). An abandoned run keeps it until it ends."""
         if self._released:
             return
         self._released = True
+        if self._abandoned is not None:
+            self._executor.hold_until_done(self, self._abandoned)
+            return
+        await self._release_now()
+
+    async def _release_now(self) -> None:
         try:
             await self._executor.leases.release(self.request.thread_id, self.run_id)
         except Exception as exc:
             # The lease will expire on its own after lease_ttl_s.
             log.warning("lease_release_failed", run_id=self.run_id, exc_type=type(exc).__name__)
+        finally:
+            self._executor.active.discard(self)
+
+    async def _hold(self, task: asyncio.Future[None]) -> None:
+        while not task.done():
+            await asyncio.wait([task], timeout=self._executor.run_settings.lease_ttl_s / 3)
+            await self._renew()
+        await self._release_now()
 
 
 class RunExecutor:
@@ -195,6 +244,20 @@ class RunExecutor:
         self.leases = leases
         self.run_settings = run_settings
         self.streaming = streaming
+        # Started runs that still hold their thread's lease.
+        self.active: set[Run] = set()
+        self._holders: set[asyncio.Task[None]] = set()
+
+    def hold_until_done(self, run: Run, task: asyncio.Future[None]) -> None:
+        """Keep renewing an abandoned run's lease in the background until it ends."""
+        holder = asyncio.ensure_future(run._hold(task))
+        self._holders.add(holder)
+        holder.add_done_callback(self._holders.discard)
+
+    async def wait_idle(self) -> None:
+        """Return once no run holds a lease (used on shutdown, under a timeout)."""
+        while self.active:  # noqa: ASYNC110 - a shutdown-only poll; an Event adds bookkeeping
+            await anyio.sleep(0.05)
 
     async def start(self, request: RunRequest) -> Run:
         """Take the thread's lease (or raise ThreadBusy) and return the run, not yet running."""
@@ -203,7 +266,9 @@ class RunExecutor:
         )
         if not acquired:
             raise ThreadBusy(request.thread_id)
-        return Run(self, request)
+        run = Run(self, request)
+        self.active.add(run)
+        return run
 
     @contextlib.asynccontextmanager
     async def lock_thread(self, thread_id: str) -> Any:

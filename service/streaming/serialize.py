@@ -23,6 +23,11 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def _default(obj: Any) -> Any:
+    # Exceptions reach streams inside LangGraph payloads (debug `task_result` errors).
+    # Their attributes hold the failure's text (json.JSONDecodeError keeps the whole
+    # document; provider errors keep response bodies), so only the type goes out.
+    if isinstance(obj, BaseException):
+        return {"__exception__": type(obj).__name__}
     if isinstance(obj, BaseModel):  # LangChain messages are pydantic models
         return obj.model_dump()
     if isinstance(obj, set | frozenset):
@@ -100,7 +105,3 @@ def dumps(value: Any) -> bytes:
     except (TypeError, ValueError, RecursionError):
         return orjson.dumps(_placeholder(value))
 
-
-def to_jsonable(value: Any) -> Any:
-    """`value` as plain JSON types (for responses that FastAPI serialises itself)."""
-    return orjson.loads(dumps(value))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -262,3 +264,35 @@ def test_a_client_that_stops_reading_is_let_go(serve: Callable[[Settings], Threa
         after = httpx.post(server.url + "/v1/chat",
                            json={"message": "hi", "thread_id": "stalled"}, timeout=30)
     assert after.status_code == 200
+
+
+def test_debug_mode_never_carries_exception_text(server: ThreadServer) -> None:
+    """LangGraph puts the exception object in debug payloads; only its type goes out."""
+    with httpx.stream("POST", server.url + "/v1/chat/stream",
+                      json={"input": {}, "graph": "failing", "stream_mode": "debug"},
+                      timeout=30) as response:
+        raw = response.read().decode()
+    assert "hunter2" not in raw and "SELECT" not in raw
+    assert '{"__exception__":"RuntimeError"}' in raw
+    assert "event: error" in raw
+    assert "event: end" in raw
+
+
+def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServer],
+                                          tmp_path: Path) -> None:
+    """If another holder takes the thread's lease, the run stops with lease_lost, then end,
+    so two runs never interleave on one thread."""
+    db = tmp_path / "leases.sqlite"
+    server = serve(make_settings(f"sqlite:///{db}", runs={"lease_ttl_s": 3}))
+    with httpx.stream("POST", server.url + "/v1/chat/stream",
+                      json={"input": {}, "graph": "slow", "thread_id": "stolen",
+                            "stream_mode": "custom"}, timeout=30) as response:
+        frames = iter_frames(response)
+        next(f for f in frames if f.event == "custom" and f.data["stage"] == "b-started")
+        with sqlite3.connect(db) as conn:  # another worker took over the thread
+            conn.execute("UPDATE graphgate_thread_leases SET run_id = 'intruder'"
+                         " WHERE thread_id = 'stolen'")
+        rest = [f for f in frames if f.event]
+    assert [f.event for f in rest] == ["error", "end"]
+    assert rest[0].data["code"] == "lease_lost"
+    assert rest[1].data["status"] == "error"

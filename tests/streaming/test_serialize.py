@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from pydantic import BaseModel, SecretStr
 
-from service.streaming.serialize import dumps, to_jsonable
+from service.streaming.serialize import dumps
 
 SECRET = "password=hunter2"
 
@@ -285,11 +285,6 @@ def test_datetime_survives_the_fallback_path() -> None:
     assert loads_one_line(dumps([2**70, day])) == [2**70, "2024-01-02"]
 
 
-def test_to_jsonable_returns_plain_json_types() -> None:
-    """to_jsonable converts to plain JSON types."""
-    assert to_jsonable({"s": {1}, 2: b"a"}) == {"s": [1], "2": "YQ=="}
-
-
 # --- property -------------------------------------------------------------------------------
 
 _hashable_leaves = (
@@ -325,3 +320,15 @@ def test_dumps_always_returns_one_line_json(value: Any) -> None:
     assert isinstance(out, bytes)
     assert b"\n" not in out
     json.loads(out)
+
+
+def test_exceptions_are_reduced_to_their_type() -> None:
+    """An exception's attributes (a JSON document, a provider's body) never go out."""
+    try:
+        json.loads("not json; api_key=sk-SECRET-123")
+    except json.JSONDecodeError as exc:
+        error = exc
+    out = dumps({"error": error, "nested": [ValueError("password=hunter2")]})
+    assert b"SECRET" not in out and b"hunter2" not in out
+    assert json.loads(out) == {"error": {"__exception__": "JSONDecodeError"},
+                               "nested": [{"__exception__": "ValueError"}]}
