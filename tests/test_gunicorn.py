@@ -11,7 +11,7 @@ import pytest
 from service.gunicorn_conf import WORKER_CLASS, gunicorn_options
 from service.settings import Settings
 from tests.support.servers import ProcessServer
-from tests.support.sse import events, iter_frames
+from tests.support.sse import events, iter_frames, wait_for_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_two_workers_serve_and_share_thread_leases(tmp_path: Path) -> None:
                           json={"input": {}, "graph": "slow", "thread_id": "busy",
                                 "stream_mode": "custom"}, timeout=30) as response:
             stream = iter_frames(response)
-            next(f for f in stream if f.event == "custom" and f.data["stage"] == "b-started")
+            wait_for_stage(stream, "b-started")
             # New connections each time, so both workers get asked.
             statuses = [httpx.post(server.url + "/v1/chat", timeout=10,
                                    json={"message": "x", "thread_id": "busy"}).status_code

@@ -1,1 +1,2 @@
-"""Pure-ASGI middleware, one class per module (no BaseHTTPMiddleware: it breaks streams)."""
+"""Pure-ASGI middleware, one class per module. Starlette's HTTP-middleware base class
+runs the app in a separate task behind a memory stream, which breaks or slows streams."""

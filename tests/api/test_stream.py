@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support import graphs
 from tests.support.servers import ThreadServer
-from tests.support.sse import SSEFrame, events, iter_frames
+from tests.support.sse import SSEFrame, events, iter_frames, wait_for_stage
 
 
 def stream(server: ThreadServer, **body: Any) -> list[SSEFrame]:
@@ -215,9 +215,8 @@ def test_second_run_on_a_busy_thread_is_refused(server: ThreadServer) -> None:
     with httpx.stream("POST", server.url + "/v1/chat/stream",
                       json={"input": {}, "graph": "slow", "thread_id": "busy-1",
                             "stream_mode": "custom"}, timeout=30) as response:
-        # Keep the iterator referenced: a dropped generator closes the connection.
         frames = iter_frames(response)
-        next(f for f in frames if f.event == "custom" and f.data["stage"] == "b-started")
+        wait_for_stage(frames, "b-started")
         busy = httpx.post(server.url + "/v1/chat/stream",
                           json={"message": "me too", "thread_id": "busy-1"}, timeout=10)
         busy_invoke = httpx.post(server.url + "/v1/chat",
@@ -288,7 +287,7 @@ def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServ
                       json={"input": {}, "graph": "slow", "thread_id": "stolen",
                             "stream_mode": "custom"}, timeout=30) as response:
         frames = iter_frames(response)
-        next(f for f in frames if f.event == "custom" and f.data["stage"] == "b-started")
+        wait_for_stage(frames, "b-started")
         with sqlite3.connect(db) as conn:  # another worker took over the thread
             conn.execute("UPDATE graphgate_thread_leases SET run_id = 'intruder'"
                          " WHERE thread_id = 'stolen'")

@@ -14,7 +14,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ProcessServer, ThreadServer
-from tests.support.sse import iter_frames
+from tests.support.sse import iter_frames, wait_for_stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_crash_keeps_finished_steps_and_frees_the_thread(database_url: str,
                       json={"input": {}, "graph": "slow", "thread_id": "crash",
                             "stream_mode": "custom"}, timeout=30) as response:
         frames = iter_frames(response)
-        next(f for f in frames if f.event == "custom" and f.data["stage"] == "b-started")
+        wait_for_stage(frames, "b-started")
         doomed.stop(signal.SIGKILL)
     revived = ProcessServer(env, cwd=tmp_path).start()
     try:
@@ -139,7 +139,7 @@ def test_busy_thread_is_refused_across_replicas(serve: Callable[[Settings], Thre
                       json={"input": {}, "graph": "slow", "thread_id": "shared",
                             "stream_mode": "custom"}, timeout=30) as response:
         frames = iter_frames(response)
-        next(f for f in frames if f.event == "custom" and f.data["stage"] == "b-started")
+        wait_for_stage(frames, "b-started")
         refused = httpx.post(replica_b.url + "/v1/chat",
                              json={"message": "me too", "thread_id": "shared"}, timeout=10)
         assert refused.status_code == 409

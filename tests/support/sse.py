@@ -45,3 +45,12 @@ def iter_frames(response: httpx.Response) -> Iterator[SSEFrame]:
 def events(response: httpx.Response) -> list[SSEFrame]:
     """Every event frame (comments dropped) until the stream closes."""
     return [frame for frame in iter_frames(response) if frame.comment is None]
+
+
+def wait_for_stage(frames: Iterator[SSEFrame], stage: str) -> SSEFrame:
+    """Read on until the graph reports `stage` through a custom event.
+
+    Keep `frames` referenced while the stream should stay open: a dropped generator
+    closes the response, which the server (rightly) sees as a disconnect.
+    """
+    return next(f for f in frames if f.event == "custom" and f.data["stage"] == stage)
