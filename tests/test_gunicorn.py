@@ -11,7 +11,7 @@ import pytest
 from service.gunicorn_conf import WORKER_CLASS, gunicorn_options
 from service.settings import Settings
 from tests.support.servers import ProcessServer
-from tests.support.sse import events, iter_frames, wait_for_stage
+from tests.support.sse import events, slow_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,11 +61,7 @@ def test_two_workers_serve_and_share_thread_leases(tmp_path: Path) -> None:
             assert response.status_code == 200
             frames = events(response)
         assert frames[-1].event == "end"
-        with httpx.stream("POST", server.url + "/v1/chat/stream",
-                          json={"input": {}, "graph": "slow", "thread_id": "busy",
-                                "stream_mode": "custom"}, timeout=30) as response:
-            stream = iter_frames(response)
-            wait_for_stage(stream, "b-started")
+        with slow_run(server.url, "busy"):
             # New connections each time, so both workers get asked.
             statuses = [httpx.post(server.url + "/v1/chat", timeout=10,
                                    json={"message": "x", "thread_id": "busy"}).status_code

@@ -54,7 +54,6 @@ class Persistence:
     leases: ThreadLeases
     # A real query against the store; raises on failure. Used by /readyz.
     ping: Callable[[], Awaitable[None]]
-    pool: Pool | None = None
 
 
 async def _no_ping() -> None:
@@ -190,7 +189,7 @@ async def _open_postgres(settings: Settings) -> AsyncIterator[Persistence]:
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1 FROM checkpoint_migrations LIMIT 1")
 
-        yield Persistence("postgres", saver, PostgresLeases(pool), ping, pool=pool)
+        yield Persistence("postgres", saver, PostgresLeases(pool), ping)
     finally:
         await pool.close()
 

@@ -119,7 +119,7 @@ class Run:
         bound = log.bind(run_id=self.run_id, thread_id=req.thread_id, graph=req.graph_name,
                          request_id=req.request_id)
         emit(RunEvent("metadata", {"run_id": self.run_id, "thread_id": req.thread_id,
-                                         "graph": req.graph_name}))
+                                   "graph": req.graph_name}))
         error: RunError | None = None
         max_duration_s = self._executor.streaming.max_duration_s
         async with anyio.create_task_group() as tg:

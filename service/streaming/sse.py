@@ -6,8 +6,9 @@ itself (uvicorn's HTTP/1.1 protocols report ASGI spec 2.3, where a send to a gon
 does not raise), so a client hanging up cancels the producer, and with it the graph run,
 at once rather than at the next write.
 
-We do not use Starlette's StreamingResponse (no heartbeats, no bounded producer) nor add
-sse-starlette: framing is a few lines and the stream lifecycle is the product's core.
+We do not use Starlette's StreamingResponse (no heartbeats, no send timeout, no hook that
+runs once the stream is over) nor add sse-starlette: framing is a few lines, and the
+stream lifecycle (see EmitFrame below) is the product's core.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -123,7 +123,7 @@ class EventStreamResponse(Response):
         async with sender:
             await self.producer(emit_frame)
 
-    async def _forward(self, frames: Any, send: Send) -> bool:
+    async def _forward(self, frames: MemoryObjectReceiveStream[bytes], send: Send) -> bool:
         """Send frames until the producer is done (True) or the client stops reading (False)."""
         async with frames:
             while True:

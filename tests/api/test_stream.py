@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support import graphs
 from tests.support.servers import ThreadServer
-from tests.support.sse import SSEFrame, events, iter_frames, wait_for_stage
+from tests.support.sse import SSEFrame, events, iter_frames, slow_run
 
 
 def stream(server: ThreadServer, **body: Any) -> list[SSEFrame]:
@@ -212,11 +212,7 @@ def test_concurrent_threads_never_mix(server: ThreadServer) -> None:
 
 def test_second_run_on_a_busy_thread_is_refused(server: ThreadServer) -> None:
     """While a run holds a thread, another run or a delete on it gets 409 thread_busy."""
-    with httpx.stream("POST", server.url + "/v1/chat/stream",
-                      json={"input": {}, "graph": "slow", "thread_id": "busy-1",
-                            "stream_mode": "custom"}, timeout=30) as response:
-        frames = iter_frames(response)
-        wait_for_stage(frames, "b-started")
+    with slow_run(server.url, "busy-1"):
         busy = httpx.post(server.url + "/v1/chat/stream",
                           json={"message": "me too", "thread_id": "busy-1"}, timeout=10)
         busy_invoke = httpx.post(server.url + "/v1/chat",
@@ -283,11 +279,7 @@ def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServ
     so two runs never interleave on one thread."""
     db = tmp_path / "leases.sqlite"
     server = serve(make_settings(f"sqlite:///{db}", runs={"lease_ttl_s": 3}))
-    with httpx.stream("POST", server.url + "/v1/chat/stream",
-                      json={"input": {}, "graph": "slow", "thread_id": "stolen",
-                            "stream_mode": "custom"}, timeout=30) as response:
-        frames = iter_frames(response)
-        wait_for_stage(frames, "b-started")
+    with slow_run(server.url, "stolen") as frames:
         with sqlite3.connect(db) as conn:  # another worker took over the thread
             conn.execute("UPDATE graphgate_thread_leases SET run_id = 'intruder'"
                          " WHERE thread_id = 'stolen'")

@@ -14,7 +14,7 @@ from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ProcessServer, ThreadServer
-from tests.support.sse import iter_frames, wait_for_stage
+from tests.support.sse import slow_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,11 +66,7 @@ def test_crash_keeps_finished_steps_and_frees_the_thread(database_url: str,
                                "demo=service.graphs.demo:make_demo_graph",
            "GRAPHGATE_RUNS__LEASE_TTL_S": "2"}
     doomed = ProcessServer(env, cwd=tmp_path).start()
-    with httpx.stream("POST", doomed.url + "/v1/chat/stream",
-                      json={"input": {}, "graph": "slow", "thread_id": "crash",
-                            "stream_mode": "custom"}, timeout=30) as response:
-        frames = iter_frames(response)
-        wait_for_stage(frames, "b-started")
+    with slow_run(doomed.url, "crash"):
         doomed.stop(signal.SIGKILL)
     revived = ProcessServer(env, cwd=tmp_path).start()
     try:
@@ -135,11 +131,7 @@ def test_busy_thread_is_refused_across_replicas(serve: Callable[[Settings], Thre
     url = postgres.create_database()
     replica_a = serve(make_settings(url))
     replica_b = serve(make_settings(url))
-    with httpx.stream("POST", replica_a.url + "/v1/chat/stream",
-                      json={"input": {}, "graph": "slow", "thread_id": "shared",
-                            "stream_mode": "custom"}, timeout=30) as response:
-        frames = iter_frames(response)
-        wait_for_stage(frames, "b-started")
+    with slow_run(replica_a.url, "shared"):
         refused = httpx.post(replica_b.url + "/v1/chat",
                              json={"message": "me too", "thread_id": "shared"}, timeout=10)
         assert refused.status_code == 409

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +55,19 @@ def wait_for_stage(frames: Iterator[SSEFrame], stage: str) -> SSEFrame:
     closes the response, which the server (rightly) sees as a disconnect.
     """
     return next(f for f in frames if f.event == "custom" and f.data["stage"] == stage)
+
+
+@contextmanager
+def slow_run(url: str, thread_id: str, graph: str = "slow") -> Iterator[Iterator[SSEFrame]]:
+    """Hold `thread_id` with a run of the test graph `slow`, open until the block ends.
+
+    Yields once its second node has started (so the run is mid-flight and leased), with
+    the rest of the stream's frames.
+    """
+    with httpx.stream("POST", url + "/v1/chat/stream",
+                      json={"input": {}, "graph": graph, "thread_id": thread_id,
+                            "stream_mode": "custom"}, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        frames = iter_frames(response)
+        wait_for_stage(frames, "b-started")
+        yield frames
