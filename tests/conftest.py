@@ -18,6 +18,7 @@ TEST_GRAPHS = {
     "silent": "tests.support.graphs:silent",
     "odd": "tests.support.graphs:odd",
     "flood": "tests.support.graphs:flood",
+    "stubborn": "tests.support.graphs:stubborn",
 }
 
 

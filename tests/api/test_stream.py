@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
+from service.streaming import executor
 from tests.conftest import make_settings
 from tests.support import graphs
 from tests.support.servers import ThreadServer
@@ -287,3 +288,29 @@ def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServ
     assert [f.event for f in rest] == ["error", "end"]
     assert rest[0].data["code"] == "lease_lost"
     assert rest[1].data["status"] == "error"
+
+
+def test_an_abandoned_run_keeps_its_thread_until_it_ends(
+        server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that outlives the cancel grace period keeps the thread leased until it ends,
+    so no new run can interleave with its late writes."""
+    monkeypatch.setattr(executor, "CANCEL_GRACE_S", 0.2)
+    graphs.EVENTS.clear()
+    with slow_run(server.url, "stubborn-1", graph="stubborn"):
+        pass  # disconnect as soon as the node is running
+    deadline = time.monotonic() + 10
+    while "stubborn-cancelled" not in graphs.EVENTS and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.4)  # past the grace period: the run is now abandoned, not finished
+    refused = httpx.post(server.url + "/v1/chat",
+                         json={"message": "hi", "thread_id": "stubborn-1"}, timeout=10)
+    assert "stubborn-done" not in graphs.EVENTS  # so it was still running when refused
+    assert refused.status_code == 409
+    status = 409
+    while status == 409 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = httpx.post(server.url + "/v1/chat",
+                            json={"message": "hi", "thread_id": "stubborn-1"},
+                            timeout=10).status_code
+    assert "stubborn-done" in graphs.EVENTS
+    assert status == 200

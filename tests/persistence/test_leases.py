@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from service.persistence import open_persistence
 from service.persistence.leases import MemoryLeases, ThreadLeases
 from tests.conftest import make_settings
+from tests.support.servers import ThreadServer
+from tests.support.sse import slow_run
 
 
 @asynccontextmanager
@@ -90,3 +93,20 @@ def test_racing_acquires_have_one_winner(database_url: str) -> None:
             assert sum(results) == 1
 
     run(scenario)
+
+
+def test_shutdown_releases_leases_of_open_streams(tmp_path: Path) -> None:
+    """Stopping the server with a stream open releases its lease before the store closes."""
+    db = tmp_path / "shutdown.sqlite"
+    server = ThreadServer(make_settings(f"sqlite:///{db}")).start()
+    try:
+        with slow_run(server.url, "held-at-shutdown"):
+            with sqlite3.connect(db) as conn:
+                held = conn.execute("SELECT count(*) FROM graphgate_thread_leases").fetchone()
+            assert held == (1,)
+            server.stop()  # uvicorn cancels the stream after its graceful timeout
+    finally:
+        server.stop()
+    with sqlite3.connect(db) as conn:
+        left = conn.execute("SELECT thread_id FROM graphgate_thread_leases").fetchall()
+    assert left == []

@@ -93,3 +93,19 @@ async def _flood(state: Steps) -> dict[str, Any]:
 
 
 flood = _two_steps(_flood)
+
+
+async def _stubborn(state: Steps) -> dict[str, Any]:
+    # Ignores cancellation for a while, as a node stuck in a blocking client call would.
+    get_stream_writer()({"stage": "b-started"})
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        EVENTS.append("stubborn-cancelled")
+        await asyncio.sleep(1.5)
+        EVENTS.append("stubborn-done")
+        raise
+    return {"steps": ["stubborn"]}
+
+
+stubborn = _two_steps(_stubborn)

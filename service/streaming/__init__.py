@@ -1,0 +1,1 @@
+"""Run executor and SSE encoding, shared by every API family; knows no routes."""
