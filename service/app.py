@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from service import __version__
 from service.api import health, v1
-from service.errors import StorageUnavailableError, install_error_handlers, problem
+from service.errors import install_error_handlers
 from service.graphs.loader import load_graphs
 from service.lifecycle import Lifecycle
 from service.middleware.body_limit import BodySizeLimitMiddleware
@@ -66,14 +65,7 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Fas
         middleware=middleware,
         debug=False,  # never render tracebacks to clients
     )
-    install_error_handlers(app)
-
-    async def storage_unavailable(request: Request, exc: Exception) -> Response:
-        err = StorageUnavailableError()
-        return problem(request, err.status, err.code, err.title, err.detail, err.headers)
-
-    for exc_type in STORAGE_ERRORS:
-        app.add_exception_handler(exc_type, storage_unavailable)
+    install_error_handlers(app, storage_errors=STORAGE_ERRORS)
     app.include_router(health.router)
     app.include_router(v1.router)
     return app

@@ -151,8 +151,19 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
                    "An unexpected error occurred; quote the request id when reporting it.")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+async def _storage_unavailable(request: Request, exc: Exception) -> Response:
+    # The driver's message names hosts and SQL; the log has it, the client gets the code.
+    log.warning("storage_unavailable", exc_type=type(exc).__name__)
+    return await _service_error(request, StorageUnavailableError())
+
+
+def install_error_handlers(
+    app: FastAPI, storage_errors: tuple[type[Exception], ...] = ()
+) -> None:
+    """Map every error to the one problem shape; `storage_errors` become 503s."""
     app.add_exception_handler(ServiceError, _service_error)
+    for exc_type in storage_errors:
+        app.add_exception_handler(exc_type, _storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)
