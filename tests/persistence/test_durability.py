@@ -120,6 +120,12 @@ def test_postgres_outage_is_503_and_recovers(serve: Callable[[Settings], ThreadS
         assert "postgres" not in refused.text.lower() and "127.0.0.1" not in refused.text
     finally:
         postgres.start()
+    # The pool reconnects on its own exponential backoff (psycopg_pool: 1 s, doubling), so
+    # recovery is not instant; readiness reports when it has happened, then runs work.
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "readiness did not recover within 30 s"
+        time.sleep(0.2)
     reply = str(chat(server.url, "after", "pg-outage")["reply"])
     assert reply.startswith("I have seen 3 messages")
 
