@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages graphgate needs on Debian/Ubuntu, only when missing.
 #   scripts/system-deps.sh          what `make run` needs (python3-venv)
-#   scripts/system-deps.sh --test   plus the real servers the test suite starts (PostgreSQL)
+#   scripts/system-deps.sh --test   plus the real servers the test suite starts
+#                                   (PostgreSQL, Redis, nginx, Prometheus's promtool)
 # Uses apt-get as root, or through sudo when available; otherwise says what is missing.
 set -euo pipefail
 
@@ -12,6 +13,15 @@ fi
 if [[ "${1:-}" == "--test" ]]; then
   if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
     want+=(postgresql)
+  fi
+  if ! command -v redis-server >/dev/null; then
+    want+=(redis-server)
+  fi
+  if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
+    want+=(nginx)
+  fi
+  if ! command -v promtool >/dev/null; then
+    want+=(prometheus)
   fi
 fi
 [[ ${#want[@]} -eq 0 ]] && exit 0
@@ -31,5 +41,11 @@ fi
 echo "graphgate: installing ${want[*]}" >&2
 # A policy-rc.d that refuses lets packages install without starting their services:
 # the tests start private instances on free ports and leave the system ones alone.
+# (redis-server, nginx and prometheus would otherwise take ports 6379, 80 and 9090.)
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+  "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+  trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"

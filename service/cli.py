@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service import __version__
+from service.security.keys_cli import add_keys_parser, run_keys_command
 from service.settings import ConfigError, Settings, load_settings, public_view
 
 EXIT_CONFIG = 2  # invalid settings or graph specs
@@ -34,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("migrate", help="create or upgrade the database tables, then exit")
     commands.add_parser("config", help="print the effective settings (secrets masked)")
+    check = commands.add_parser(
+        "check-config", help="audit the security posture of the effective settings"
+    )
+    check.add_argument("--strict", action="store_true",
+                       help="exit non-zero on any warning, not only on critical findings")
+    check.add_argument("--format", choices=("text", "json"), default="text", dest="fmt")
+    add_keys_parser(commands)
     commands.add_parser("version", help="print version information")
     return parser
 
@@ -69,6 +77,11 @@ def _preflight(settings: Settings) -> None:
         check_spec(name, spec)
 
     async def migrate() -> None:
+        from service.security.authenticator import open_authenticator
+
+        # Key files and JWT key material: a bad one is a configuration error (exit 2).
+        authenticator = await open_authenticator(settings.auth)
+        await authenticator.aclose()
         async with open_persistence(settings):
             pass
 
@@ -76,23 +89,30 @@ def _preflight(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> int:
+    from service.app import announce_development_key, needs_development_key
     from service.observability.logging import configure_logging
+    from service.security.api_keys import generate_key
 
     configure_logging(settings)
+    development_key = None
+    if needs_development_key(settings):
+        # Made once here, before gunicorn forks, so every worker accepts the same key.
+        development_key = generate_key("dev")[1]
+        announce_development_key(development_key)
     if settings.server.workers == 1:
         import uvicorn
 
         from service.app import create_app
 
         config = uvicorn.Config(
-            create_app(settings),
+            create_app(settings, development_key=development_key),
             host=settings.server.host,
             port=settings.server.port,
             lifespan="on",
             log_config=None,
             server_header=False,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.server.forwarded_allow_ips,
+            # The app resolves X-Forwarded-For itself, from [server] trusted_proxies.
+            proxy_headers=False,
             timeout_keep_alive=settings.server.keep_alive_s,
             timeout_graceful_shutdown=settings.server.graceful_timeout_s,
         )
@@ -106,12 +126,14 @@ def _serve(settings: Settings) -> int:
         return 0 if server.started else EXIT_STARTUP
     from service.gunicorn_app import GraphgateGunicorn
 
-    GraphgateGunicorn(settings).run()
+    GraphgateGunicorn(settings, development_key=development_key).run()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return run_keys_command(args)
     if args.command == "version":
         import langgraph.version
 
@@ -130,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             print(json.dumps(public_view(settings), indent=2, default=str))
             return 0
+        if args.command == "check-config":
+            from service.security.audit import run_check_config
+
+            return run_check_config(settings, fmt=args.fmt, strict=args.strict, out=sys.stdout)
         _preflight(settings)
     except (ConfigError, GraphLoadError) as exc:
         return _fail(str(exc), EXIT_CONFIG)

@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -54,6 +54,10 @@ def _section_model(field: FieldInfo) -> type[BaseModel]:
     return annotation
 
 
+def _literal_values(annotation: Any) -> str:
+    return ", ".join(f"`{json.dumps(value)}`" for value in get_args(annotation))
+
+
 def _type_name(annotation: Any) -> str:
     """A reader's name for a field type; `None` in a union shows up as the default instead."""
     origin = get_origin(annotation)
@@ -61,7 +65,12 @@ def _type_name(annotation: Any) -> str:
         parts = [_type_name(arg) for arg in get_args(annotation) if arg is not type(None)]
         return " or ".join(parts)
     if origin is Literal:
-        return "one of " + ", ".join(f"`{json.dumps(value)}`" for value in get_args(annotation))
+        return "one of " + _literal_values(annotation)
+    if origin in (list, tuple, set, frozenset):
+        (item, *_) = get_args(annotation) or (Any,)
+        if get_origin(item) is Literal:
+            return "list of " + _literal_values(item)
+        return f"list of {_type_name(item)}"
     if origin is dict:
         key, value = get_args(annotation)
         return f"table ({_type_name(key)} → {_type_name(value)})"
@@ -103,6 +112,9 @@ def _toml_value(value: Any) -> str:
     """A default as it would be written in the TOML file."""
     if value is None:
         return "unset"
+    if isinstance(value, SecretStr):
+        # A default is in the source code, so it is no secret (e.g. `memory://`).
+        return _toml_value(value.get_secret_value())
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, int | float):
@@ -114,6 +126,8 @@ def _toml_value(value: Any) -> str:
             return "`{}`"
         items = ", ".join(f"{key} = {json.dumps(str(val))}" for key, val in value.items())
         return f"`{{ {items} }}`"
+    if isinstance(value, list | tuple):
+        return f"`[{', '.join(json.dumps(str(item)) for item in value)}]`"
     return f"`{value!r}`"
 
 
@@ -123,10 +137,30 @@ def _cell(text: str) -> str:
 
 
 def env_var(name: str, section: str | None = None) -> str:
-    """The environment variable that sets a field: `GRAPHGATE_KEY` or `GRAPHGATE_SECTION__KEY`."""
-    if section is None:
-        return f"{ENV_PREFIX}{name.upper()}"
-    return f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+    """The environment variable that sets a field: `GRAPHGATE_KEY` or `GRAPHGATE_SECTION__KEY`.
+
+    `section` may be dotted for a nested section: `env_var("secret", "auth.jwt")` is
+    `GRAPHGATE_AUTH__JWT__SECRET`.
+    """
+    path = [*(section.split(".") if section else []), name]
+    return ENV_PREFIX + "__".join(part.upper() for part in path)
+
+
+def iter_sections(
+    model: type[BaseModel], prefix: str | None = None
+) -> Iterator[tuple[str, type[BaseModel]]]:
+    """Every `[section]` under `model`, as (dotted name, model), each before its subsections."""
+    for name, field in model.model_fields.items():
+        if _is_section(field):
+            dotted = f"{prefix}.{name}" if prefix else name
+            section = _section_model(field)
+            yield dotted, section
+            yield from iter_sections(section, dotted)
+
+
+def _settings_fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """The fields of `model` that are settings, not subsections."""
+    return [(name, field) for name, field in model.model_fields.items() if not _is_section(field)]
 
 
 def _table(fields: Sequence[tuple[str, FieldInfo]], section: str | None) -> list[str]:
@@ -148,28 +182,33 @@ def _table(fields: Sequence[tuple[str, FieldInfo]], section: str | None) -> list
 
 def render_reference() -> str:
     """The Markdown that sits between the markers in docs/configuration.md."""
-    top_level = [(n, f) for n, f in Settings.model_fields.items() if not _is_section(f)]
-    sections = [(n, f) for n, f in Settings.model_fields.items() if _is_section(f)]
     lines = [
         "## Reference",
         "",
-        "Generated from `service/settings.py` by `python -m service.config_reference --write`;"
+        "Generated from `service/settings/` by `python -m service.config_reference --write`;"
         " do not edit by hand.",
         "Settings marked **secret** are shown as `**********` by `graphgate config`.",
+        "Lists are TOML arrays in the file; an environment variable or a secrets file gives"
+        " them as comma-separated text (`a,b`) or a JSON array.",
         "",
         "### Top-level settings",
         "",
         "Top-level TOML keys must come before the first `[section]` header.",
         "",
-        *_table(top_level, None),
+        *_table(_settings_fields(Settings), None),
     ]
-    for section, field in sections:
-        model = _section_model(field)
+    for section, model in iter_sections(Settings):
         lines += ["", f"### `[{section}]`", ""]
         doc = inspect.getdoc(model)
         if doc:
             lines += [" ".join(doc.split()), ""]
-        lines += _table(list(model.model_fields.items()), section)
+        subsections = [
+            f"`[{section}.{name}]`" for name, field in model.model_fields.items()
+            if _is_section(field)
+        ]
+        if subsections:
+            lines += [f"Subsections: {', '.join(subsections)}, below.", ""]
+        lines += _table(_settings_fields(model), section)
     return "\n\n" + "\n".join(lines) + "\n\n"
 
 

@@ -31,10 +31,14 @@ class ServiceError(Exception):
     detail: str | None = None
     headers: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str | None = None, *, headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail or self.title)
         if detail is not None:
             self.detail = detail
+        self.response_headers = {**type(self).headers, **(headers or {})}
         self.extra = extra
 
 
@@ -54,6 +58,24 @@ class UnknownGraphError(ServiceError):
 
 class InvalidRequest(ServiceError):
     status, code, title = 422, "invalid_request", "Invalid request"
+
+
+class InsufficientScope(ServiceError):
+    status, code, title = 403, "insufficient_scope", "Forbidden"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"These credentials lack the {scope!r} scope.",
+            headers={"WWW-Authenticate": f'Bearer realm="graphgate", '
+                     f'error="insufficient_scope", scope="{scope}"'},
+            required_scope=scope,
+        )
+
+
+class RateLimited(ServiceError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+    detail = ("The rate limit for these credentials was reached; retry after the number of "
+              "seconds in Retry-After.")
 
 
 class ServiceUnavailable(ServiceError):
@@ -107,7 +129,8 @@ def problem(
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return problem(request, exc.status, exc.code, exc.title, exc.detail, exc.headers, **exc.extra)
+    return problem(request, exc.status, exc.code, exc.title, exc.detail, exc.response_headers,
+                   **exc.extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

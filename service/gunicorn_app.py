@@ -11,8 +11,9 @@ from service.settings import Settings
 
 
 class GraphgateGunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, development_key: str | None = None) -> None:
         self.settings = settings
+        self.development_key = development_key
         super().__init__()
 
     def load_config(self) -> None:
@@ -26,4 +27,4 @@ class GraphgateGunicorn(BaseApplication):  # type: ignore[misc]
         from service.observability.logging import configure_logging
 
         configure_logging(self.settings)
-        return create_app(self.settings)
+        return create_app(self.settings, development_key=self.development_key)

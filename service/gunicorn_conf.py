@@ -23,8 +23,10 @@ class GraphgateUvicornWorker(UvicornWorker):  # type: ignore[misc]
         "lifespan": "on",
         # No `server: uvicorn` header: don't advertise the stack.
         "server_header": False,
-        # Honour X-Forwarded-* only from forwarded_allow_ips (passed by the base class).
-        "proxy_headers": True,
+        # The app resolves X-Forwarded-For itself (from [server] trusted_proxies, in its
+        # middleware list), so it behaves the same under any server; uvicorn must not
+        # rewrite the client address a second time.
+        "proxy_headers": False,
     }
 
 
@@ -55,7 +57,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # connection the worker is closing and answer 502.
         "keepalive": server.keep_alive_s,
         "worker_tmp_dir": server.worker_tmp_dir or default_worker_tmp_dir(),
-        "forwarded_allow_ips": server.forwarded_allow_ips,
+        # gunicorn's own use (its access log and wsgi.url_scheme); the app decides for itself.
+        "forwarded_allow_ips": ",".join(server.trusted_proxies),
         "max_requests": server.max_requests,
         "max_requests_jitter": server.max_requests_jitter,
         # gunicorn 27 opens ~/.gunicorn/gunicorn.ctl by default; two instances on one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Callable
@@ -47,3 +48,23 @@ class Lifecycle:
                     signal.signal(sig, prior)
 
         return restore
+
+    def on_reload(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run `callback` on SIGHUP (in the event loop); returns a function that stops it.
+
+        Under gunicorn, SIGHUP goes to the master, which replaces the workers (and so
+        reloads everything); this serves the single-process `graphgate serve`.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, callback)
+        except (NotImplementedError, RuntimeError):  # not the main loop / no signals
+            return lambda: None
+
+        def stop() -> None:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+        return stop
+

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from service.graphs.loader import GraphRegistry
 from service.lifecycle import Lifecycle
 from service.persistence import Persistence
+from service.security.authenticator import Authenticator
+from service.security.rate_limits import RateLimits
+from service.security.stream_slots import StreamSlots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
 
@@ -18,3 +21,6 @@ class Resources:
     graphs: GraphRegistry
     executor: RunExecutor
     lifecycle: Lifecycle
+    authenticator: Authenticator
+    rate_limits: RateLimits
+    stream_slots: StreamSlots

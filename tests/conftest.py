@@ -9,6 +9,7 @@ import pytest
 
 from service.settings import Settings
 from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.redis import RedisServer, running_redis
 from tests.support.servers import ThreadServer
 
 TEST_GRAPHS = {
@@ -45,6 +46,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database()
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The throwaway Redis, running (a test that stopped it may have failed) and empty."""
+    redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "env": "development",
@@ -52,6 +67,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "graphs": TEST_GRAPHS,
         "default_graph": "demo",
         "demo": {"token_delay_ms": 0, "reply_tokens": 8},
+        # Off unless a test turns them on; tests/security drives the full stack.
+        "auth": {"enabled": False},
+        "rate_limit": {"enabled": False},
     }
     values.update(overrides)
     return Settings(**values)

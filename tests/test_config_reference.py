@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from service import config_reference
 from service.config_reference import (
@@ -14,20 +15,29 @@ from service.config_reference import (
     default_docs_path,
     env_var,
     extract_reference,
+    iter_sections,
     main,
     render_reference,
 )
 from service.settings import Settings
+from service.settings.types import split_commas
 
 REGENERATE = "run `python -m service.config_reference --write` and commit docs/configuration.md"
 
 
-def _sections() -> dict[str, type[BaseModel]]:
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _sections(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, type[BaseModel]]:
+    """Every section by dotted name (`auth.jwt` too), each before its subsections."""
     sections: dict[str, type[BaseModel]] = {}
-    for name, field in Settings.model_fields.items():
+    for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            sections[name] = annotation
+        if _is_model(annotation):
+            assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            sections[prefix + name] = annotation
+            sections.update(_sections(annotation, f"{prefix}{name}."))
     return sections
 
 
@@ -36,24 +46,71 @@ def test_committed_reference_is_current() -> None:
     assert BEGIN_MARKER in document, f"{BEGIN_MARKER} is missing from docs/configuration.md"
     assert END_MARKER in document, f"{END_MARKER} is missing from docs/configuration.md"
     assert extract_reference(document) == render_reference(), (
-        f"docs/configuration.md is out of date with service/settings.py: {REGENERATE}"
+        f"docs/configuration.md is out of date with service/settings/: {REGENERATE}"
     )
 
 
 def test_every_setting_is_documented() -> None:
     reference = render_reference()
     sections = _sections()
-    for name in Settings.model_fields:
-        if name in sections:
-            assert f"### `[{name}]`" in reference, f"section [{name}] is not in the reference"
-            for key in sections[name].model_fields:
-                assert f"| `{key}` | `{env_var(key, name)}` |" in reference, (
-                    f"setting {name}.{key} is not in the reference"
-                )
-        else:
+    for name, field in Settings.model_fields.items():
+        if not _is_model(field.annotation):
             assert f"| `{name}` | `{env_var(name)}` |" in reference, (
                 f"setting {name} is not in the reference"
             )
+    for section, model in sections.items():
+        assert f"### `[{section}]`" in reference, f"section [{section}] is not in the reference"
+        for key, field in model.model_fields.items():
+            if _is_model(field.annotation):
+                # A subsection gets its own table, not a row in its parent's.
+                assert f"| `{key}` |" not in _section_text(reference, section)
+                continue
+            assert f"| `{key}` | `{env_var(key, section)}` |" in reference, (
+                f"setting {section}.{key} is not in the reference"
+            )
+
+
+def _section_text(reference: str, section: str) -> str:
+    """The reference from a section's heading to the next heading."""
+    start = reference.index(f"### `[{section}]`")
+    end = reference.find("\n### ", start + 1)
+    return reference[start : end if end != -1 else len(reference)]
+
+
+def test_nested_sections_get_their_own_table() -> None:
+    reference = render_reference()
+    jwt = _section_text(reference, "auth.jwt")
+    assert "| `secret` | `GRAPHGATE_AUTH__JWT__SECRET` | string, **secret** | unset |" in jwt
+    assert "| `jwt` |" not in _section_text(reference, "auth")
+    assert "`[auth.jwt]`" in _section_text(reference, "auth")  # the parent points to it
+    assert list(iter_sections(Settings)) == list(_sections().items())
+
+
+def test_list_types_are_readable() -> None:
+    reference = render_reference()
+    proxies = _section_text(reference, "server")
+    assert (
+        "| `trusted_proxies` | `GRAPHGATE_SERVER__TRUSTED_PROXIES` | list of string | "
+        '`["127.0.0.1", "::1"]` |'
+    ) in proxies
+    algorithms = next(
+        line for line in reference.splitlines() if "`GRAPHGATE_AUTH__JWT__ALGORITHMS`" in line
+    )
+    assert '| list of `"HS256"`, `"HS384"`, ' in algorithms
+    assert '| `["RS256"]` |' in algorithms
+    assert "Literal" not in reference and "typing" not in reference
+
+
+def test_every_list_setting_takes_comma_separated_text() -> None:
+    """The reference says env vars and secrets files give lists comma-separated; keep it true."""
+    assert "comma-separated text" in render_reference()
+    for section, model in _sections().items():
+        for key, field in model.model_fields.items():
+            if get_origin(field.annotation) is not list:
+                continue
+            funcs = [m.func for m in field.metadata if isinstance(m, BeforeValidator)]
+            assert split_commas in funcs, f"{section}.{key} is a list without split_commas"
+            assert get_args(field.annotation), f"{section}.{key} is an untyped list"
 
 
 def test_sections_come_in_order_after_top_level_settings() -> None:
@@ -61,20 +118,26 @@ def test_sections_come_in_order_after_top_level_settings() -> None:
     headings = ["### Top-level settings", *(f"### `[{name}]`" for name in _sections())]
     positions = [reference.index(heading) for heading in headings]
     assert positions == sorted(positions)
+    # Field order of Settings; a subsection follows its parent section.
     assert list(_sections()) == [
-        "server", "postgres", "streaming", "runs", "limits", "demo", "logging"
+        "server", "postgres", "streaming", "runs", "limits", "demo", "logging",
+        "auth", "auth.jwt", "rate_limit", "cors", "http", "metrics",
     ]
 
 
 def test_secrets_are_marked() -> None:
     reference = render_reference()
-    row = next(line for line in reference.splitlines() if "`GRAPHGATE_DATABASE_URL`" in line)
-    assert "**secret**" in row
+    for env_name in (
+        "GRAPHGATE_DATABASE_URL", "GRAPHGATE_AUTH__JWT__SECRET", "GRAPHGATE_RATE_LIMIT__STORAGE_URI"
+    ):
+        row = next(line for line in reference.splitlines() if f"`{env_name}`" in line)
+        assert "**secret**" in row, env_name
 
 
 def test_env_var_names() -> None:
     assert env_var("database_url") == "GRAPHGATE_DATABASE_URL"
     assert env_var("pool_max_size", "postgres") == "GRAPHGATE_POSTGRES__POOL_MAX_SIZE"
+    assert env_var("secret", "auth.jwt") == "GRAPHGATE_AUTH__JWT__SECRET"
 
 
 def test_main_rewrites_only_between_markers(tmp_path: Path) -> None:

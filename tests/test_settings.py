@@ -28,6 +28,21 @@ def _no_graphgate_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def api_keys_file(
+    _no_graphgate_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Path:
+    """Give every test a valid production auth method: an (empty) API keys file.
+
+    Production refuses to start without auth; these tests are about other settings.
+    Tests of that refusal delete GRAPHGATE_AUTH__API_KEYS_FILE again.
+    """
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text("", encoding="utf-8")  # no [[keys]] yet: still a valid keys file
+    monkeypatch.setenv("GRAPHGATE_AUTH__API_KEYS_FILE", str(keys_file))
+    return keys_file
+
+
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -48,13 +63,31 @@ def make_secrets_dir(base: Path, files: dict[str, str]) -> Path:
 # --- defaults ---------------------------------------------------------------------------
 
 
-def test_defaults_are_production_with_sqlite() -> None:
-    """With no sources at all, env is production and the store is SQLite under data_dir."""
+def test_bare_defaults_are_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no sources at all, env is production, which refuses to run without auth."""
+    monkeypatch.delenv("GRAPHGATE_AUTH__API_KEYS_FILE")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert message == (
+        "invalid setting auth (GRAPHGATE_AUTH): "
+        "production needs api_keys_file or a [auth.jwt] key source"
+    )
+    assert excinfo.value.__cause__ is None
+
+
+def test_defaults_are_production_with_sqlite(api_keys_file: Path) -> None:
+    """With only auth configured, env is production and the store is SQLite under data_dir."""
     settings = load_settings()
     assert settings.env == "production"
     assert settings.database_url is None
     assert settings.database_kind == "sqlite"
     assert settings.sqlite_path == Path("var") / "graphgate.sqlite"
+    assert settings.auth.enabled
+    assert settings.auth.api_keys_file == api_keys_file
+    assert settings.auth.methods == ["api_key"]
+    assert settings.rate_limit.enabled
+    assert settings.server.trusted_proxies == ["127.0.0.1", "::1"]
 
 
 def test_graph_specs_fall_back_to_the_demo() -> None:

@@ -1,13 +1,23 @@
-"""Typed dependencies: lifespan resources reach routes only through these."""
+"""Typed dependencies: lifespan resources and the caller reach routes only through these."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import request_id_of
+from service.errors import (
+    InsufficientScope,
+    RateLimited,
+    ServiceError,
+    ServiceUnavailable,
+    request_id_of,
+)
+from service.persistence.threads import storage_key
 from service.resources import Resources
+from service.security.principal import Principal, principal_of
 
 
 def get_resources(request: Request) -> Resources:
@@ -21,3 +31,58 @@ def get_request_id(request: Request) -> str:
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+class _Unauthenticated(ServiceError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+def get_principal(request: Request) -> Principal:
+    principal = principal_of(request.scope)
+    if principal is None:  # only on a public path, which no route needing it is
+        raise _Unauthenticated()
+    return principal
+
+
+def requires(scope: str) -> Callable[[Request], Principal]:
+    """A dependency giving the caller, or 403 when its credentials lack `scope`."""
+
+    def dependency(request: Request) -> Principal:
+        principal = get_principal(request)
+        if not principal.has_scope(scope):
+            raise InsufficientScope(scope)
+        return principal
+
+    dependency.__name__ = f"requires_{scope.replace(':', '_')}"
+    return dependency
+
+
+@dataclass(frozen=True)
+class ThreadScope:
+    """The caller's own thread space: who owns its threads, and how they are keyed."""
+
+    owner: str
+    principal: Principal
+
+    def key(self, thread_id: str) -> str:
+        """The storage key of the caller's thread `thread_id`; never another owner's."""
+        return storage_key(self.owner, thread_id)
+
+
+def thread_scope(principal: Principal, resources: Resources) -> ThreadScope:
+    share = resources.settings.auth.share_threads_within_tenant
+    return ThreadScope(principal.owner(share_within_tenant=share), principal)
+
+
+async def check_run_limit(request: Request, resources: Resources) -> None:
+    """The per-principal limit on starting runs (`[rate_limit] run_limits`)."""
+    if not resources.settings.rate_limit.enabled:
+        return
+    runs = resources.rate_limits.runs
+    decision = await runs.check(request, resources.settings.rate_limit.run_limits)
+    if decision.verdict == "limited":
+        headers = await runs.headers(decision)
+        headers.setdefault("retry-after", "1")
+        raise RateLimited(headers=headers, limit="runs")
+    if decision.verdict == "unavailable":
+        raise ServiceUnavailable("Rate limits cannot be checked right now; try again shortly.")

@@ -21,13 +21,20 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.persistence.leases import POSTGRES_SCHEMA as LEASES_POSTGRES_SCHEMA
 from service.persistence.leases import (
-    POSTGRES_SCHEMA,
     MemoryLeases,
     Pool,
     PostgresLeases,
     SqliteLeases,
     ThreadLeases,
+)
+from service.persistence.threads import POSTGRES_SCHEMA as THREADS_POSTGRES_SCHEMA
+from service.persistence.threads import (
+    MemoryThreads,
+    PostgresThreads,
+    SqliteThreads,
+    ThreadRegistry,
 )
 from service.settings import Settings
 
@@ -54,6 +61,8 @@ class Persistence:
     leases: ThreadLeases
     # A real query against the store; raises on failure. Used by /readyz.
     ping: Callable[[], Awaitable[None]]
+    # Which owner each thread belongs to; see service.persistence.threads.
+    threads: ThreadRegistry
 
 
 async def _no_ping() -> None:
@@ -65,7 +74,7 @@ async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
     """Open the configured store, run its migrations and yield it; close it on exit."""
     kind = settings.database_kind
     if kind == "memory":
-        yield Persistence(kind, InMemorySaver(), MemoryLeases(), _no_ping)
+        yield Persistence(kind, InMemorySaver(), MemoryLeases(), _no_ping, MemoryThreads())
     elif kind == "sqlite":
         async with _open_sqlite(settings) as persistence:
             yield persistence
@@ -99,12 +108,17 @@ async def _open_sqlite(settings: Settings) -> AsyncIterator[Persistence]:
         await saver.setup()
         leases = SqliteLeases(lease_conn)
         await leases.setup()
+        # The registry shares the lease connection: both need autocommit, single-statement
+        # writes kept apart from the saver's transactions, and one more connection would
+        # only add another writer contending for the file lock.
+        threads = SqliteThreads(lease_conn)
+        await threads.setup()
 
         async def ping() -> None:
             async with lease_conn.execute("SELECT count(*) FROM checkpoints WHERE 0") as cursor:
                 await cursor.fetchone()
 
-        yield Persistence("sqlite", saver, leases, ping)
+        yield Persistence("sqlite", saver, leases, ping, threads)
     finally:
         await lease_conn.close()
         await saver_conn.close()
@@ -165,7 +179,10 @@ async def migrate_postgres(pool: Pool) -> None:
             await asyncio.sleep(MIGRATION_POLL_S)
         try:
             await AsyncPostgresSaver(conn).setup()
-            await conn.execute(POSTGRES_SCHEMA)
+            await conn.execute(LEASES_POSTGRES_SCHEMA)
+            # One statement per execute: a prepared statement cannot hold several.
+            for statement in THREADS_POSTGRES_SCHEMA:
+                await conn.execute(statement)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
@@ -189,7 +206,7 @@ async def _open_postgres(settings: Settings) -> AsyncIterator[Persistence]:
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1 FROM checkpoint_migrations LIMIT 1")
 
-        yield Persistence("postgres", saver, PostgresLeases(pool), ping)
+        yield Persistence("postgres", saver, PostgresLeases(pool), ping, PostgresThreads(pool))
     finally:
         await pool.close()
 

@@ -80,7 +80,8 @@ def classify(exc: BaseException) -> RunError:
 class RunRequest:
     graph_name: str
     graph: Pregel[Any, Any, Any, Any]
-    thread_id: str
+    thread_id: str  # as the client knows it
+    thread_key: str  # the checkpointer's and leases' key: namespaced by owner
     input: Any
     stream_modes: Sequence[StreamMode]
     request_id: str
@@ -107,7 +108,7 @@ class Run:
         req = self.request
         # Built entirely server-side: clients never supply configurable keys.
         return {
-            "configurable": {"thread_id": req.thread_id},
+            "configurable": {"thread_id": req.thread_key},
             "recursion_limit": self._executor.run_settings.recursion_limit,
             "run_id": uuid.UUID(req.run_id),
             "metadata": {"graph_id": req.graph_name, "run_id": req.run_id},
@@ -185,7 +186,7 @@ class Run:
         ttl = self._executor.run_settings.lease_ttl_s
         with anyio.move_on_after(ttl / 3):
             try:
-                return await self._executor.leases.renew(self.request.thread_id, self.run_id, ttl)
+                return await self._executor.leases.renew(self.request.thread_key, self.run_id, ttl)
             except Exception as exc:
                 log.warning("lease_renew_failed", run_id=self.run_id, exc_type=type(exc).__name__)
         return None
@@ -221,7 +222,7 @@ class Run:
 
     async def _release_now(self) -> None:
         try:
-            await self._executor.leases.release(self.request.thread_id, self.run_id)
+            await self._executor.leases.release(self.request.thread_key, self.run_id)
         except Exception as exc:
             # The lease will expire on its own after lease_ttl_s.
             log.warning("lease_release_failed", run_id=self.run_id, exc_type=type(exc).__name__)
@@ -262,7 +263,7 @@ class RunExecutor:
     async def start(self, request: RunRequest) -> Run:
         """Take the thread's lease (or raise ThreadBusy) and return the run, not yet running."""
         acquired = await self.leases.acquire(
-            request.thread_id, request.run_id, self.run_settings.lease_ttl_s
+            request.thread_key, request.run_id, self.run_settings.lease_ttl_s
         )
         if not acquired:
             raise ThreadBusy(request.thread_id)

@@ -283,7 +283,7 @@ def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServ
     with slow_run(server.url, "stolen") as frames:
         with sqlite3.connect(db) as conn:  # another worker took over the thread
             conn.execute("UPDATE graphgate_thread_leases SET run_id = 'intruder'"
-                         " WHERE thread_id = 'stolen'")
+                         " WHERE thread_id LIKE '%.stolen'")
         rest = [f for f in frames if f.event]
     assert [f.event for f in rest] == ["error", "end"]
     assert rest[0].data["code"] == "lease_lost"

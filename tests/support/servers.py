@@ -58,7 +58,10 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAPHGATE_")}
-        self.env = {**clean, "GRAPHGATE_ENV": "development", **env}
+        # Auth and limits off unless a test turns them on: tests of other features should
+        # not need credentials; tests/security drives the full stack.
+        self.env = {**clean, "GRAPHGATE_ENV": "development", "GRAPHGATE_AUTH__ENABLED": "false",
+                    "GRAPHGATE_RATE_LIMIT__ENABLED": "false", **env}
         self.cwd = cwd
         fd, self.log_path = tempfile.mkstemp(prefix="graphgate-server-", suffix=".log")
         os.close(fd)

@@ -1,0 +1,43 @@
+"""Refuse requests whose Host header is not ours (DNS rebinding, host-header poisoning).
+
+Starlette's TrustedHostMiddleware answers with a plain-text 400; this answers in the
+service's one error shape. `*.example.com` matches any subdomain (not the apex).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import problem
+
+
+class AllowedHostsMiddleware:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        self.exact = frozenset(h.lower() for h in allowed_hosts if not h.startswith("*."))
+        self.suffixes = tuple(h.lower()[1:] for h in allowed_hosts if h.startswith("*."))
+
+    def allows(self, host: str) -> bool:
+        name = host.lower()
+        # Drop the port: "[::1]:8000" -> "[::1]", "api.example.com:443" -> "api.example.com".
+        name = name.partition("]")[0] + "]" if name.startswith("[") else name.partition(":")[0]
+        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = ""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        if not self.allows(host):
+            response = problem(Request(scope), 400, "invalid_host", "Invalid host header",
+                               "This service does not answer for that host name.")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,45 @@
+"""Hardening headers on every response, errors and event streams included.
+
+The API serves JSON and event streams, never pages, so browsers are told not to sniff
+types, frame it, leak the URL in referrers or cache responses (they may hold
+conversation state). HSTS is opt-in: it is only right once every client uses HTTPS.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class SecurityHeadersMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, hsts_max_age_s: int = 0, hsts_include_subdomains: bool = False
+    ) -> None:
+        self.app = app
+        headers = {
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+            "x-frame-options": "DENY",
+        }
+        if hsts_max_age_s > 0:
+            hsts = f"max-age={hsts_max_age_s}"
+            headers["strict-transport-security"] = (
+                hsts + "; includeSubDomains" if hsts_include_subdomains else hsts
+            )
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers.setdefault(name, value)
+                # Event streams say `no-cache` themselves; everything else is no-store.
+                headers.setdefault("cache-control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

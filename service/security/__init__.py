@@ -1,0 +1,1 @@
+"""Who is calling and what they may do: principals, API keys, JWTs, scopes."""

@@ -1,0 +1,61 @@
+"""The authenticated caller, as the middleware after auth and the routes see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.types import Scope
+
+AuthMethod = Literal["api_key", "jwt", "anonymous"]
+
+# The scopes routes check. `*` in a key's or token's scopes grants all of them.
+THREADS_READ = "threads:read"
+THREADS_WRITE = "threads:write"
+RUNS_CREATE = "runs:create"
+METRICS_READ = "metrics:read"
+ALL_SCOPES = (THREADS_READ, THREADS_WRITE, RUNS_CREATE, METRICS_READ)
+WILDCARD = "*"
+
+SCOPE_STATE_KEY = "principal"
+
+
+class AuthFailure(Exception):
+    """Credentials were refused. `reason` is for logs and metrics, never for the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller. Holds identifiers only, never a secret or a token."""
+
+    tenant: str
+    subject: str
+    method: AuthMethod
+    key_id: str | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    rate_limit: str | None = None  # overrides [rate_limit] default_limits when set
+
+    def has_scope(self, scope: str) -> bool:
+        return WILDCARD in self.scopes or scope in self.scopes
+
+    @property
+    def identity(self) -> str:
+        """Stable, secret-free name for logs, metrics and rate-limit buckets."""
+        if self.method == "api_key":
+            return f"key:{self.key_id}"
+        return f"{self.method}:{self.tenant}:{self.subject}"
+
+    def owner(self, *, share_within_tenant: bool) -> str:
+        """Who owns the threads this principal creates."""
+        return self.tenant if share_within_tenant else f"{self.tenant}/{self.subject}"
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """The principal the auth middleware put in the ASGI scope, if any."""
+    state = scope.get("state") or {}
+    principal = state.get(SCOPE_STATE_KEY)
+    return principal if isinstance(principal, Principal) else None

@@ -1,0 +1,133 @@
+"""The configuration sections that are not about security (see `security.py`)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from service.settings.types import CommaList, Section
+
+
+class ServerSettings(Section):
+    """How `graphgate serve` listens and how gunicorn manages workers."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to bind.")
+    workers: int = Field(
+        1, ge=1, le=64, description="1 runs one uvicorn process; more runs gunicorn workers."
+    )
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="Idle keep-alive; must exceed the proxy's upstream keepalive_timeout "
+        "(nginx: 60 s) or the proxy races a closing socket and returns 502.",
+    )
+    graceful_timeout_s: int = Field(
+        30, ge=1, description="gunicorn graceful_timeout: how long workers may drain on stop."
+    )
+    worker_tmp_dir: str | None = Field(
+        None, description="gunicorn heartbeat dir; default /dev/shm when it exists (tmpfs)."
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Proxy addresses or networks whose X-Forwarded-For/-Proto are believed. "
+        "Requests from anyone else keep their socket address, so clients cannot spoof the "
+        "IP that anonymous rate limits and logs use. Set it to your nginx/ingress address.",
+    )
+    max_requests: int = Field(
+        0, ge=0, description="Recycle a worker after this many requests (0 = never)."
+    )
+    max_requests_jitter: int = Field(0, ge=0, description="Random spread added to max_requests.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue  # trust everyone: allowed, and reported by check-config
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+
+class PostgresSettings(Section):
+    """psycopg pool settings, used when database_url is postgresql://."""
+
+    pool_min_size: int = Field(1, ge=0, description="Connections kept open per worker.")
+    pool_max_size: int = Field(10, ge=1, description="Connection cap per worker.")
+    pool_timeout_s: float = Field(
+        5.0, gt=0, description="Wait for a free connection before failing with 503."
+    )
+    connect_timeout_s: int = Field(5, ge=1, description="TCP/auth timeout for new connections.")
+    max_lifetime_s: float = Field(1800.0, gt=0, description="Recycle connections after this age.")
+    max_idle_s: float = Field(300.0, gt=0, description="Close idle surplus connections after this.")
+    startup_timeout_s: float = Field(
+        30.0, gt=0, description="How long start-up waits for the database before failing."
+    )
+
+    @field_validator("pool_max_size")
+    @classmethod
+    def _sizes(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("pool_min_size")
+        if isinstance(minimum, int) and minimum > value:
+            raise ValueError(f"must be at least pool_min_size ({minimum})")
+        return value
+
+
+class StreamingSettings(Section):
+    """Server-Sent Events behaviour."""
+
+    heartbeat_interval_s: float = Field(
+        15.0, gt=0, description="Send a `: heartbeat` comment after this much silence."
+    )
+    max_duration_s: float = Field(
+        900.0, gt=0, description="Cancel a run and end its stream with an error after this."
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client that takes no data for this long (stopped reading, socket "
+        "still open) is treated as disconnected and its run cancelled.",
+    )
+
+
+class RunSettings(Section):
+    """How graph runs execute."""
+
+    durability: Literal["sync", "async", "exit"] = Field(
+        "sync",
+        description="LangGraph checkpoint durability; sync commits each step before the next.",
+    )
+    recursion_limit: int = Field(25, ge=1, le=1000, description="LangGraph super-step limit.")
+    lease_ttl_s: float = Field(
+        30.0,
+        ge=2,
+        description="A thread's run lease expires this long after its holder stops renewing "
+        "it (e.g. a crashed worker); it is renewed every third of this.",
+    )
+
+
+class LimitsSettings(Section):
+    """Input limits."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
+    max_message_chars: int = Field(32_000, ge=1, description="Longest accepted chat message.")
+
+
+class DemoSettings(Section):
+    """The built-in offline demo graph."""
+
+    token_delay_ms: int = Field(
+        20, ge=0, le=10_000, description="Pause before each streamed token."
+    )
+    reply_tokens: int = Field(24, ge=1, le=10_000, description="Approximate reply length.")
+
+
+class LoggingSettings(Section):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
