@@ -61,6 +61,16 @@ def test_none_algorithm_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) 
     assert "ALGORITHMS__" not in message
 
 
+def test_hmac_secret_must_match_the_hash_length() -> None:
+    """RFC 7518 3.2: an HS512 key is at least 64 bytes."""
+    message = refusal(env="development",
+                      auth={"jwt": {"secret": STRONG_SECRET, "algorithms": ["HS512"]}})
+    assert "at least 64 bytes" in message and STRONG_SECRET not in message
+    long_secret = STRONG_SECRET * 2
+    assert load_settings(env="development", auth={"jwt": {
+        "secret": long_secret, "algorithms": ["HS512"]}}).auth.jwt.enabled
+
+
 @pytest.mark.parametrize("algorithms", [["HS256", "RS256"], ["ES256", "HS512"]])
 def test_hmac_and_asymmetric_algorithms_are_never_mixed(algorithms: list[str]) -> None:
     """Mixing HS* with RS*/ES* would allow algorithm confusion, so it is refused."""
@@ -116,7 +126,7 @@ def test_key_source_must_match_the_algorithm_family(
 
 
 @pytest.mark.parametrize(("source", "value", "algorithms"), [
-    ("secret", STRONG_SECRET, ["HS256", "HS512"]),
+    ("secret", STRONG_SECRET, ["HS256"]),
     ("secret_file", "/run/jwt.key", ["HS384"]),
     ("public_key_file", "/etc/jwt.pem", ["RS256", "RS512"]),
     ("jwks_file", "/etc/jwks.json", ["ES256"]),
@@ -323,12 +333,6 @@ def test_storage_uri_scheme_is_validated_without_echoing_it(uri: str) -> None:
     assert "Pa55word" not in message and "internal" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in service/settings/security.py: _known_storage takes the text before "
-    "'://' as the scheme, so a bare 'memory' or 'redis' passes and limits then fails at "
-    "start-up with 'unknown storage scheme'",
-)
 @pytest.mark.parametrize("uri", ["memory", "redis"])
 def test_storage_uri_without_scheme_separator_is_refused(uri: str) -> None:
     refusal(env="development", rate_limit={"storage_uri": uri})
@@ -466,12 +470,6 @@ def test_weak_secret_from_secrets_dir_is_named_by_its_env_var(
     assert "password123" not in message
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="bug in service/settings/sources.py: SecretsDirSource indexes into a string when "
-    "a file names a section (`auth__jwt`) and another a key in it (`auth__jwt__issuer`), "
-    "so start-up dies with a TypeError traceback instead of a ConfigError",
-)
 def test_secrets_dir_file_for_a_whole_section_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

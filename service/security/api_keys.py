@@ -276,7 +276,9 @@ class KeyStore:
             raise AuthFailure("expired_key")
         return Principal(
             tenant=entry.tenant,
-            subject=f"key:{entry.id}",
+            # The key's name is the client: a rotated key (new id, same tenant and name)
+            # keeps owning the client's threads.
+            subject=entry.name,
             method="api_key",
             key_id=entry.id,
             scopes=entry.scopes,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import quote
 
 from starlette.types import Scope
 
@@ -47,11 +49,13 @@ class Principal:
         """Stable, secret-free name for logs, metrics and rate-limit buckets."""
         if self.method == "api_key":
             return f"key:{self.key_id}"
-        return f"{self.method}:{self.tenant}:{self.subject}"
+        # Quoted, so tenant "a:b" + subject "c" and tenant "a" + subject "b:c" differ.
+        return f"{self.method}:{quote(self.tenant, safe='')}:{quote(self.subject, safe='')}"
 
     def owner(self, *, share_within_tenant: bool) -> str:
-        """Who owns the threads this principal creates."""
-        return self.tenant if share_within_tenant else f"{self.tenant}/{self.subject}"
+        """Who owns the threads this principal creates (an unambiguous encoding)."""
+        parts = [self.tenant] if share_within_tenant else [self.tenant, self.subject]
+        return json.dumps(parts, ensure_ascii=False)
 
 
 def principal_of(scope: Scope) -> Principal | None:

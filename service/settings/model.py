@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     )
 
     env: Literal["development", "production"] = Field(
-        "production", description="production is the default; development relaxes nothing "
-        "security-relevant but prints human-readable logs."
+        "production", description="production is the default and refuses to start without "
+        "auth; development allows auth off (or prints an ephemeral key when none is "
+        "configured), serves /docs without credentials and prints human-readable logs."
     )
     database_url: SecretStr | None = Field(
         None,

@@ -44,8 +44,18 @@ def secret_weakness(secret: str) -> str | None:
     return None
 
 
+def _none_if_zero(value: object) -> object:
+    return None if value in (0, "0", "", "none", "None") else value
+
+
 def _default_algorithms() -> list[JwtAlgorithm]:
     return ["RS256"]
+
+
+def hmac_key_bytes(algorithms: list[str] | list[JwtAlgorithm]) -> int:
+    """The shortest HMAC key RFC 7518 allows for every listed algorithm."""
+    return max([MIN_SECRET_BYTES] + [int(alg[2:]) // 8 for alg in algorithms
+                                     if alg in HMAC_ALGORITHMS])
 
 
 class JwtSettings(Section):
@@ -79,9 +89,9 @@ class JwtSettings(Section):
         "random kids cannot flood the identity provider."
     )
     leeway_s: int = Field(30, ge=0, le=60, description="Clock skew allowed on exp/nbf/iat.")
-    max_token_age_s: int | None = Field(
+    max_token_age_s: Annotated[int | None, BeforeValidator(_none_if_zero)] = Field(
         86_400, ge=60, description="Refuse tokens issued (`iat`) longer ago than this; `iat` "
-        "becomes required. Unset to accept any age within `exp`."
+        "becomes required. 0 accepts any age within `exp`."
     )
     max_token_bytes: int = Field(
         8192, ge=512, le=65_536, description="Longer tokens are refused without decoding."
@@ -121,6 +131,14 @@ class JwtSettings(Section):
                 raise ValueError(weakness)  # never the secret itself
         return value
 
+    @field_validator("default_tenant")
+    @classmethod
+    def _plain_tenant(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(
+                ch in value for ch in "/:") or not value.isprintable()):
+            raise ValueError("must be non-empty printable text without '/' or ':'")
+        return value
+
     @field_validator("jwks_url")
     @classmethod
     def _jwks_scheme(cls, value: str | None) -> str | None:
@@ -144,6 +162,11 @@ class JwtSettings(Section):
         if hmac != (self.algorithms[0] in HMAC_ALGORITHMS):
             kind = "HS*" if hmac else "RS*/ES*"
             raise ValueError(f"{sources[0]} needs {kind} algorithms, not {self.algorithms}")
+        if self.secret is not None:
+            needed = hmac_key_bytes(self.algorithms)
+            if len(self.secret.get_secret_value().encode()) < needed:
+                # RFC 7518 3.2: the key must be at least as long as the hash output.
+                raise ValueError(f"secret must be at least {needed} bytes for {self.algorithms}")
         return self
 
     @property
@@ -227,8 +250,8 @@ class RateLimitSettings(Section):
     @field_validator("storage_uri")
     @classmethod
     def _known_storage(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().partition("://")[0]
-        if scheme not in ("memory", "redis", "rediss", "redis+unix"):
+        scheme, sep, _ = value.get_secret_value().partition("://")
+        if not sep or scheme not in ("memory", "redis", "rediss", "redis+unix"):
             raise ValueError("must be memory:// or redis://…")  # never echo: it may hold a password
         return value
 
@@ -278,7 +301,8 @@ class CorsSettings(Section):
                 raise ValueError("must not contain 'null'")
             if origin != "*" and not _ORIGIN.match(origin):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
-        return value
+        # Browsers send Origin in lower case; a mixed-case entry would never match.
+        return [origin.lower() for origin in value]
 
     @field_validator("allow_origin_regex")
     @classmethod

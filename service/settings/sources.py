@@ -64,7 +64,15 @@ class SecretsDirSource(PydanticBaseSettingsSource):
             if path[0] not in fields:
                 continue
             target = values
-            for part in path[:-1]:
+            for depth, part in enumerate(path[:-1], start=1):
                 target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    section = "GRAPHGATE_" + "__".join(path[:depth]).upper()
+                    raise ConfigError(f"{SECRETS_DIR_VAR}: file {entry.name} sets a key inside "
+                                      f"{section}, which another file sets as a whole")
+            if isinstance(target.get(path[-1]), dict):
+                section = "GRAPHGATE_" + "__".join(path).upper()
+                raise ConfigError(f"{SECRETS_DIR_VAR}: file {entry.name} sets {section} as a "
+                                  "whole, which other files set key by key")
             target[path[-1]] = entry.read_text().strip()
         return values

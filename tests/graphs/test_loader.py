@@ -24,6 +24,10 @@ from tests.graphs import sample_graphs
 MODULE = "tests.graphs.sample_graphs"
 
 
+def _dev() -> Settings:
+    return Settings(env="development")
+
+
 def spec(attr: str) -> str:
     return f"{MODULE}:{attr}"
 
@@ -36,7 +40,7 @@ async def build_and_run(
     attr: str, settings: Settings | None = None
 ) -> tuple[Pregel[Any, Any, Any, Any], InMemorySaver, dict[str, Any]]:
     saver = InMemorySaver()
-    graph = await build_graph(attr, spec(attr), saver, settings or Settings(env="development"))
+    graph = await build_graph(attr, spec(attr), saver, settings or _dev())
     result = await graph.ainvoke({"steps": []}, config("t-1"))
     return graph, saver, result
 
@@ -62,7 +66,7 @@ def test_build_graph_binds_our_checkpointer_and_runs(attr: str, source: str) -> 
 
 def test_build_graph_passes_settings_to_a_factory_that_takes_them() -> None:
     """A one-parameter factory is called with the Settings."""
-    settings = Settings(env="development")
+    settings = _dev()
     sample_graphs.SEEN_SETTINGS.clear()
     graph, saver, result = asyncio.run(build_and_run("settings_factory", settings))
     seen = sample_graphs.SEEN_SETTINGS
@@ -83,7 +87,7 @@ def test_build_graph_replaces_a_compiled_graphs_own_checkpointer() -> None:
 def test_builder_is_compiled_under_the_graph_name() -> None:
     """An uncompiled StateGraph is compiled with the served name."""
     saver = InMemorySaver()
-    graph = asyncio.run(build_graph("my-graph", spec("builder"), saver, Settings(env="development")))
+    graph = asyncio.run(build_graph("my-graph", spec("builder"), saver, _dev()))
     assert graph.name == "my-graph"
 
 
@@ -92,7 +96,7 @@ def test_threads_persist_across_calls_in_our_checkpointer() -> None:
 
     async def run_twice() -> dict[str, Any]:
         saver = InMemorySaver()
-        graph = await build_graph("b", spec("builder"), saver, Settings(env="development"))
+        graph = await build_graph("b", spec("builder"), saver, _dev())
         await graph.ainvoke({"steps": []}, config("t"))
         return await graph.ainvoke({"steps": []}, config("t"))
 
@@ -106,7 +110,7 @@ def test_missing_module_is_a_graph_load_error() -> None:
     """A module that cannot be imported gives a one-line GraphLoadError naming it."""
     with pytest.raises(GraphLoadError) as excinfo:
         asyncio.run(
-            build_graph("g", "tests.graphs.no_such_module:graph", InMemorySaver(), Settings(env="development"))
+            build_graph("g", "tests.graphs.no_such_module:graph", InMemorySaver(), _dev())
         )
     message = str(excinfo.value)
     assert "graph 'g'" in message
@@ -121,7 +125,7 @@ def test_missing_attribute_is_a_graph_load_error() -> None:
         GraphLoadError,
         match=rf"graph 'g': module '{MODULE}' has no attribute 'no_such_graph'",
     ):
-        asyncio.run(build_graph("g", spec("no_such_graph"), InMemorySaver(), Settings(env="development")))
+        asyncio.run(build_graph("g", spec("no_such_graph"), InMemorySaver(), _dev()))
 
 
 def test_missing_dotted_attribute_reports_the_whole_path() -> None:
@@ -133,7 +137,7 @@ def test_missing_dotted_attribute_reports_the_whole_path() -> None:
 def test_wrong_type_attribute_is_a_graph_load_error() -> None:
     """An attribute that is neither a graph nor callable gives a GraphLoadError with its type."""
     with pytest.raises(GraphLoadError) as excinfo:
-        asyncio.run(build_graph("g", spec("not_a_graph"), InMemorySaver(), Settings(env="development")))
+        asyncio.run(build_graph("g", spec("not_a_graph"), InMemorySaver(), _dev()))
     message = str(excinfo.value)
     assert f"{spec('not_a_graph')} is a int" in message
     assert "expected a compiled graph" in message
@@ -145,7 +149,7 @@ def test_wrong_type_attribute_is_a_graph_load_error() -> None:
 def test_factory_returning_wrong_type_is_a_graph_load_error(attr: str, type_name: str) -> None:
     """A factory (sync or async) returning a non-graph gives a GraphLoadError saying so."""
     with pytest.raises(GraphLoadError, match=rf"{attr} returned a {type_name}; expected"):
-        asyncio.run(build_graph("g", spec(attr), InMemorySaver(), Settings(env="development")))
+        asyncio.run(build_graph("g", spec(attr), InMemorySaver(), _dev()))
 
 
 # --- check_spec --------------------------------------------------------------------------------

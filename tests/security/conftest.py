@@ -66,8 +66,9 @@ def write_keys_file(path: Path, callers: dict[str, Caller],
     blocks = []
     for name, caller in callers.items():
         tenant, scopes, rate_limit, expires_at = specs[name]
-        lines = ["[[keys]]", f"id = {_toml(caller.key_id)}", f"hash = {_toml(hash_key(caller.key))}",
-                 f"tenant = {_toml(tenant)}", f"name = {_toml(name)}", f"scopes = {_toml(scopes)}"]
+        lines = ["[[keys]]", f"id = {_toml(caller.key_id)}",
+                 f"hash = {_toml(hash_key(caller.key))}", f"tenant = {_toml(tenant)}",
+                 f"name = {_toml(name)}", f"scopes = {_toml(scopes)}"]
         if rate_limit:
             lines.append(f"rate_limit = {_toml(rate_limit)}")
         if expires_at:

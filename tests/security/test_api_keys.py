@@ -119,7 +119,7 @@ def test_verify_returns_principal(store_and_key: tuple[KeyStore, str]) -> None:
     store, key = store_and_key
     key_id = key.split("_")[1]
     assert store.verify(key) == Principal(
-        tenant="acme", subject=f"key:{key_id}", method="api_key", key_id=key_id,
+        tenant="acme", subject="ci", method="api_key", key_id=key_id,
         scopes=frozenset({"threads:read"}), rate_limit="100/minute",
     )
 
@@ -369,7 +369,7 @@ def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (entry,) = tomllib.loads(block)["keys"]
     assert entry["scopes"] == ["runs:create", "threads:read", "threads:write"]
     assert "rate_limit" not in entry and "expires_at" not in entry
-    assert KeyStore.load(write(tmp_path, block)).verify(key).subject == f"key:{entry['id']}"
+    assert KeyStore.load(write(tmp_path, block)).verify(key).subject == "n"
 
 
 def test_cli_wildcard(capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,7 @@ def test_other_principals_cannot_reach_a_thread(secure_server: SecureServe, keyr
     # The owner's thread is untouched by all of it.
     assert _history_length(server.url, alice, "private") == checkpoints
     own = httpx.get(server.url + "/v1/threads/private/state", headers=alice.headers).json()
-    assert [m["content"] for m in own["values"]["messages"]][0] == "hello"
+    assert own["values"]["messages"][0]["content"] == "hello"
     assert len(own["values"]["messages"]) == 2
 
 
@@ -127,7 +127,7 @@ def test_another_owners_namespace_cannot_be_named(secure_server: SecureServe,
     """Even knowing alice's storage namespace, carol cannot form a key inside it."""
     server = secure_server()
     assert _chat(server.url, keyring["alice"], "private").status_code == 200
-    namespace = owner_namespace("tenant-a/alice")
+    namespace = owner_namespace('["tenant-a", "alice"]')
     for thread_id in (f"{namespace}.private", f"{namespace}private", namespace):
         response = httpx.get(server.url + f"/v1/threads/{thread_id}/state",
                              headers=keyring["carol"].headers)
@@ -138,7 +138,7 @@ def test_storage_keys_never_reach_clients(secure_server: SecureServe, keyring: K
     """Responses speak of the client's thread id, never the namespaced storage key."""
     server = secure_server()
     alice = keyring["alice"]
-    namespace = owner_namespace("tenant-a/alice")
+    namespace = owner_namespace('["tenant-a", "alice"]')
     texts = [_chat(server.url, alice, "visible").text]
     for path in ("/v1/threads/visible/state", "/v1/threads/visible/history", "/v1/threads"):
         texts.append(httpx.get(server.url + path, headers=alice.headers).text)
