@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import (
     InsufficientScope,
@@ -44,10 +45,20 @@ def get_principal(request: Request) -> Principal:
     return principal
 
 
-def requires(scope: str) -> Callable[[Request], Principal]:
+# Declared for the OpenAPI document only (so /docs offers "Authorize"): the
+# authentication middleware has already verified whichever credential was sent.
+_API_KEY_DOC = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey")
+_BEARER_DOC = HTTPBearer(auto_error=False, scheme_name="BearerJWT")
+
+
+def requires(scope: str) -> Callable[..., Principal]:
     """A dependency giving the caller, or 403 when its credentials lack `scope`."""
 
-    def dependency(request: Request) -> Principal:
+    def dependency(
+        request: Request,
+        _api_key: Annotated[str | None, Security(_API_KEY_DOC)] = None,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_DOC)] = None,
+    ) -> Principal:
         principal = get_principal(request)
         if not principal.has_scope(scope):
             raise InsufficientScope(scope)
