@@ -38,7 +38,7 @@ class SecurityHeadersMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in self.headers.items():
                     headers.setdefault(name, value)
-                # Event streams say `no-cache` themselves; everything else is no-store.
+                # Responses may hold conversation state: never cached (streams set it too).
                 headers.setdefault("cache-control", "no-store")
             await send(message)
 
