@@ -23,6 +23,7 @@ import anyio.to_thread
 import structlog
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
+from slowapi.wrappers import LimitGroup
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 
@@ -86,6 +87,14 @@ class PrincipalLimiter:
         # settings, not a stray variable, decide whether limits apply and errors surface.
         self.limiter.enabled = True
         self.limiter._swallow_errors = False
+        if on_storage_error == "memory":
+            # slowapi scopes fallback limits by URL path, which would give every path (and
+            # every made-up thread id) its own budget while Redis is down; keep the one
+            # per-principal budget, as with Redis.
+            self.limiter._in_memory_fallback = [
+                LimitGroup(_limit_for_request, bucket_key, "global", False, None, None, None,
+                           1, False)
+            ]
 
     async def check(self, request: Request, limit: str) -> Decision:
         if self.blocking:

@@ -29,8 +29,10 @@ class ThreadServer:
         self.app = create_app(settings, lifecycle=self.lifecycle)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # As `graphgate serve` does: the app resolves X-Forwarded-For itself.
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, lifespan="on",
-                                log_config=None, timeout_graceful_shutdown=3)
+                                log_config=None, timeout_graceful_shutdown=3,
+                                proxy_headers=False, server_header=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
