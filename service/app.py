@@ -29,16 +29,11 @@ from service.persistence.checkpointer import STORAGE_ERRORS
 from service.resources import Resources
 from service.security.api_keys import development_key_store, generate_key
 from service.security.authenticator import open_authenticator
+from service.security.paths import public_paths, unlimited_paths
 from service.security.rate_limits import RateLimits
 from service.security.stream_slots import open_stream_slots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
-
-# Answered without credentials or rate limits: orchestrators and load balancers probe
-# these, and must never be throttled or locked out.
-PROBE_PATHS = ("/healthz", "/readyz")
-METRICS_PATH = "/metrics"
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 
 SHUTDOWN_RELEASE_WAIT_S = 5.0
 
@@ -56,16 +51,6 @@ def announce_development_key(key: str) -> None:
         file=sys.stderr,
         flush=True,
     )
-
-
-def public_paths(settings: Settings) -> list[str]:
-    paths = list(PROBE_PATHS)
-    if settings.metrics.public:
-        paths.append(METRICS_PATH)
-    if settings.env == "development":
-        # The interactive docs, so `make run` can be explored in a browser.
-        paths.extend(DOCS_PATHS)
-    return paths
 
 
 def create_app(
@@ -158,6 +143,5 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
     # Authentication before the limiter, which keys on the principal it finds.
     stack.append(Middleware(AuthenticationMiddleware, public_paths=public_paths(settings)))
     if settings.rate_limit.enabled:
-        stack.append(Middleware(RateLimitMiddleware,
-                                exempt_paths=[*PROBE_PATHS, METRICS_PATH]))
+        stack.append(Middleware(RateLimitMiddleware, exempt_paths=unlimited_paths()))
     return stack

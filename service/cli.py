@@ -113,6 +113,9 @@ def _serve(settings: Settings) -> int:
             server_header=False,
             # The app resolves X-Forwarded-For itself, from [server] trusted_proxies.
             proxy_headers=False,
+            # uvicorn's access line prints the raw URL, query string included, where a
+            # client may have put a key or token; graphgate logs requests itself.
+            access_log=False,
             timeout_keep_alive=settings.server.keep_alive_s,
             timeout_graceful_shutdown=settings.server.graceful_timeout_s,
         )

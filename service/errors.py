@@ -19,6 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 PROBLEM_TYPE = "application/problem+json"
+ERROR_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
 log = structlog.get_logger("graphgate.errors")
 
 
@@ -123,7 +129,8 @@ def problem(
     if detail:
         body["detail"] = detail
     body.update(extra)
-    all_headers = {"x-request-id": rid, **(headers or {})}
+    # The hardening headers again: a 500 is rendered outside the middleware that adds them.
+    all_headers = {"x-request-id": rid, **ERROR_HEADERS, **(headers or {})}
     return JSONResponse(body, status_code=status, headers=all_headers, media_type=PROBLEM_TYPE)
 
 

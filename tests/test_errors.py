@@ -139,6 +139,9 @@ def test_unhandled_exception_is_a_bare_500() -> None:
     assert "Traceback" not in text
     assert "RuntimeError" not in text
     assert "request id" in body["detail"]
+    # Rendered outside the middleware that adds them, it still carries the hardening headers.
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_http_exception_500_detail_is_dropped() -> None:

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.api.deps import (
-    RequestIdDep,
-    ResourcesDep,
-    ThreadScope,
-    check_run_limit,
-    requires,
-    thread_scope,
-)
+from service.api.deps import RequestIdDep, ResourcesDep, requires
+from service.api.runs import message_input, start_run
 from service.api.schemas import ChatRequest, ChatResponse, StreamRequest
-from service.errors import (
-    InvalidRequest,
-    RateLimited,
-    ServiceError,
-    ServiceUnavailable,
-    StorageUnavailableError,
-    ThreadBusyError,
-    UnknownGraphError,
-)
-from service.graphs.loader import UnknownGraph
-from service.resources import Resources
+from service.errors import ServiceError, StorageUnavailableError
 from service.security.principal import RUNS_CREATE, Principal
-from service.security.stream_slots import StreamSlotsFull, StreamSlotsUnavailable
-from service.streaming.executor import (
-    STORAGE,
-    TIMEOUT,
-    Run,
-    RunError,
-    RunEvent,
-    RunRequest,
-    StreamMode,
-    ThreadBusy,
-)
+from service.streaming.executor import STORAGE, TIMEOUT, RunError, RunEvent
 from service.streaming.serialize import dumps
 from service.streaming.sse import EmitFrame, EventStreamResponse
 from service.streaming.v1_events import V1EventEncoder
@@ -69,103 +42,28 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(dumps(payload), status_code=status, media_type="application/json")
 
 
-async def _start_run(
-    res: Resources,
-    request: Request,
-    space: ThreadScope,
-    *,
-    graph_name: str | None,
-    thread_id: str | None,
-    graph_input: Any,
-    modes: list[StreamMode],
-    request_id: str,
-    message: str | None,
-) -> Run:
-    if res.lifecycle.draining:
-        raise ServiceUnavailable("The server is shutting down; retry on another instance.")
-    limit = res.settings.limits.max_message_chars
-    if message is not None and len(message) > limit:
-        raise InvalidRequest(f"message is longer than {limit} characters.")
-    try:
-        name, graph = res.graphs.get(graph_name)
-    except UnknownGraph:
-        raise UnknownGraphError("No graph by that name is served.") from None
-    await check_run_limit(request, res)
-    thread_id = thread_id or str(uuid.uuid4())
-    run_request = RunRequest(
-        graph_name=name,
-        graph=graph,
-        thread_id=thread_id,
-        thread_key=space.key(thread_id),
-        input=graph_input,
-        stream_modes=modes,
-        request_id=request_id,
-    )
-    try:
-        run = await res.executor.start(run_request)
-    except ThreadBusy:
-        raise ThreadBusyError() from None
-    try:
-        await res.persistence.threads.touch(space.owner, thread_id, name)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run.release()
-        raise
-    return run
-
-
-def _message_input(message: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": message}]}
-
-
-class _TooManyStreams(RateLimited):
-    code, title = "too_many_streams", "Too many open streams"
-    detail = "These credentials already hold their maximum of open streams; close one first."
-
-
 @router.post("/chat/stream", responses=SSE_RESPONSE_DOC, response_class=Response)
 async def chat_stream(
     body: StreamRequest, request: Request, res: ResourcesDep, request_id: RequestIdDep,
     principal: RunPrincipal,
 ) -> Response:
     """Run the graph and stream its output as Server-Sent Events."""
-    graph_input = _message_input(body.message) if body.message is not None else body.input
-    # The stream slot is taken before the run, so a refused stream costs nothing.
-    try:
-        slot = await res.stream_slots.acquire(principal.identity)
-    except StreamSlotsFull:
-        raise _TooManyStreams(headers={"Retry-After": "5"}) from None
-    except StreamSlotsUnavailable:
-        raise ServiceUnavailable("Stream limits cannot be checked right now.") from None
-    try:
-        run = await _start_run(
-            res, request, thread_scope(principal, res),
-            graph_name=body.graph,
-            thread_id=body.thread_id,
-            graph_input=graph_input,
-            modes=body.modes,
-            request_id=request_id,
-            message=body.message,
-        )
-    except BaseException:
-        await slot.release()
-        raise
-    encode = V1EventEncoder(request_id)
+    graph_input = message_input(body.message) if body.message is not None else body.input
+    started = await start_run(res, request, principal, graph_name=body.graph,
+                              thread_id=body.thread_id, graph_input=graph_input,
+                              modes=body.modes, request_id=request_id)
+    run = started.run
+    encode = V1EventEncoder(request_id, thread_key=run.request.thread_key,
+                            thread_id=run.request.thread_id)
 
     async def producer(emit_frame: EmitFrame) -> None:
         await run.produce(lambda event: emit_frame(encode(event)))
-
-    async def close() -> None:
-        try:
-            await run.release()
-        finally:
-            await slot.release()
 
     return EventStreamResponse(
         producer,
         heartbeat_interval_s=res.settings.streaming.heartbeat_interval_s,
         send_timeout_s=res.settings.streaming.send_timeout_s,
-        on_close=close,
+        on_close=started.close,
     )
 
 
@@ -175,15 +73,10 @@ async def chat(
     principal: RunPrincipal,
 ) -> Response:
     """Run the graph to completion and return its reply."""
-    run = await _start_run(
-        res, request, thread_scope(principal, res),
-        graph_name=body.graph,
-        thread_id=body.thread_id,
-        graph_input=_message_input(body.message),
-        modes=["values"],
-        request_id=request_id,
-        message=body.message,
-    )
+    started = await start_run(res, request, principal, graph_name=body.graph,
+                              thread_id=body.thread_id, graph_input=message_input(body.message),
+                              modes=["values"], request_id=request_id)
+    run = started.run
     final: Any = None
     error: RunError | None = None
 
@@ -194,11 +87,17 @@ async def chat(
         elif isinstance(event.data, RunError):
             error = event.data
 
+    disconnected = anyio.Event()
     try:
-        await run.produce(collect)
+        async with anyio.create_task_group() as tg:
+            # A client that hangs up cancels its run, as a closed stream does.
+            tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope, disconnected)
+            await run.produce(collect)
+            tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            await run.release()
+        await started.close()
+    if disconnected.is_set():
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     if error is STORAGE:
         raise StorageUnavailableError()
     if error is TIMEOUT:
@@ -213,6 +112,15 @@ async def chat(
         "output": final,
     }
     return _json(payload)
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope,
+                                 disconnected: anyio.Event) -> None:
+    # The body has been read, so the next message is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    disconnected.set()
+    scope.cancel()
 
 
 def _last_ai_text(values: Any) -> str | None:

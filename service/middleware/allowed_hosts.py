@@ -6,12 +6,16 @@ service's one error shape. `*.example.com` matches any subdomain (not the apex).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import problem
+
+# A DNS name or IPv4 address, or a bracketed IPv6 address, with an optional port.
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class AllowedHostsMiddleware:
@@ -21,6 +25,9 @@ class AllowedHostsMiddleware:
         self.suffixes = tuple(h.lower()[1:] for h in allowed_hosts if h.startswith("*."))
 
     def allows(self, host: str) -> bool:
+        if not _HOST.fullmatch(host):
+            # "evil.com#.example.com" would pass a suffix test; only plain names qualify.
+            return False
         name = host.lower()
         # Drop the port: "[::1]:8000" -> "[::1]", "api.example.com:443" -> "api.example.com".
         name = name.partition("]")[0] + "]" if name.startswith("[") else name.partition(":")[0]

@@ -32,6 +32,11 @@ class AuthenticationMiddleware:
         self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # No WebSocket route exists; should one appear, it is closed, not served
+            # unauthenticated (1008: policy violation).
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

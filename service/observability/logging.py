@@ -7,6 +7,7 @@ import sys
 
 import structlog
 
+from service.observability.redact import Redactor, secret_values
 from service.settings import Settings
 
 
@@ -16,10 +17,12 @@ def configure_logging(settings: Settings) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become text here so the redactor sees them too.
+        structlog.processors.format_exc_info,
+        Redactor(secret_values(settings)),
     ]
     renderer: structlog.types.Processor
     if settings.env == "production":
-        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

@@ -22,14 +22,13 @@ from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 from service.security.api_keys import KeyStore
+from service.security.paths import public_paths
 from service.settings import ConfigError, Settings
-from service.settings.security import HMAC_ALGORITHMS, secret_weakness
+from service.settings.security import HMAC_ALGORITHMS, hmac_key_bytes, secret_weakness
 
 Severity = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 
-ALWAYS_PUBLIC_PATHS = ("/healthz", "/readyz")
-METRICS_PATH = "/metrics"
 LARGE_BODY_BYTES = 10 * 1024 * 1024
 WILDCARD_SCOPE = "*"
 
@@ -179,11 +178,6 @@ def jwt_key_source(settings: Settings) -> str | None:
     return None
 
 
-def public_paths(settings: Settings) -> list[str]:
-    """Paths served without credentials."""
-    return [*ALWAYS_PUBLIC_PATHS, *([METRICS_PATH] if settings.metrics.public else [])]
-
-
 # --- posture ----------------------------------------------------------------------------
 
 
@@ -318,10 +312,21 @@ def _read_secret_file(path: Path) -> str:
         return data.decode("latin-1")
 
 
+def _hmac_secret_weakness(secret: str, algorithms: Sequence[str]) -> str | None:
+    """Why a secret is unfit for these HMAC algorithms, or None (start-up's own rules)."""
+    weakness = secret_weakness(secret)
+    if weakness:
+        return weakness
+    needed = hmac_key_bytes(list(algorithms))
+    if len(secret.encode()) < needed:  # RFC 7518 3.2: at least the hash's length
+        return f"is shorter than {needed} bytes, the minimum for {', '.join(algorithms)}"
+    return None
+
+
 def _check_jwt_secret(settings: Settings) -> Iterable[Finding]:
     jwt = settings.auth.jwt
     if jwt.secret is not None:
-        weakness = secret_weakness(jwt.secret.get_secret_value())
+        weakness = _hmac_secret_weakness(jwt.secret.get_secret_value(), jwt.algorithms)
         if weakness:
             yield Finding(
                 "critical", "jwt-weak-secret", "auth.jwt.secret",
@@ -345,7 +350,7 @@ def _check_jwt_secret(settings: Settings) -> Iterable[Finding]:
                 f"({exc.strerror}); run check-config as the service user to check it.",
             )
             return
-        weakness = secret_weakness(secret)
+        weakness = _hmac_secret_weakness(secret, jwt.algorithms)
         if weakness:
             yield Finding(
                 "critical", "jwt-weak-secret", "auth.jwt.secret_file",
@@ -439,8 +444,13 @@ def _check_cors_origins(settings: Settings) -> Iterable[Finding]:
         )
 
 
-def _unescaped_wildcards(pattern: str) -> bool:
-    """Whether the regex has `.` outside a character class followed by `*`, `+` or `{`."""
+def _unescaped_dots(pattern: str) -> list[int]:
+    """The positions of every `.` outside a character class and not escaped.
+
+    Each one matches any character: `.*`/`.+` match whole hosts, and the dot in
+    `https://[a-z0-9-]+.example.com` lets https://attacker-example.com through.
+    """
+    found: list[int] = []
     index, in_class = 0, False
     while index < len(pattern):
         char = pattern[index]
@@ -451,23 +461,33 @@ def _unescaped_wildcards(pattern: str) -> bool:
             in_class = char != "]"
         elif char == "[":
             in_class = True
-            if pattern[index + 1 : index + 2] == "]":  # `[]…]`: a literal ] first
+            if pattern[index + 1 : index + 2] == "^":  # `[^…]`: a negated class
                 index += 1
-        elif char == "." and pattern[index + 1 : index + 2] in ("*", "+", "{"):
-            return True
+            if pattern[index + 1 : index + 2] == "]":  # `[]…]`, `[^]…]`: a literal ] first
+                index += 1
+        elif char == ".":
+            found.append(index)
         index += 1
-    return False
+    return found
 
 
 def _check_cors_regex(settings: Settings) -> Iterable[Finding]:
     regex = settings.cors.allow_origin_regex
-    if regex is not None and _unescaped_wildcards(regex):
-        yield Finding(
-            "warning", "cors-permissive-regex", "cors.allow_origin_regex",
-            "allow_origin_regex uses `.*` or `.+`, which also match hosts such as "
-            "https://evil.com/ or https://attacker-example.com; use [a-z0-9-]+ for a "
-            "subdomain label and escape dots (\\.).",
-        )
+    if regex is None:
+        return
+    dots = _unescaped_dots(regex)
+    if not dots:
+        return
+    if any(regex[index + 1 : index + 2] in ("*", "+", "{") for index in dots):
+        problem = "uses `.*` or `.+`, which also match hosts such as https://evil.com/"
+    else:
+        problem = ("has an unescaped `.`, which matches any character (so "
+                   "[a-z0-9-]+.example.com also matches https://attacker-example.com)")
+    yield Finding(
+        "warning", "cors-permissive-regex", "cors.allow_origin_regex",
+        f"allow_origin_regex {problem}; use [a-z0-9-]+ for a subdomain label and escape "
+        "dots (\\.).",
+    )
 
 
 def _trusts_everyone(entry: str) -> bool:

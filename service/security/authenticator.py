@@ -43,16 +43,20 @@ class Authenticator:
     async def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
         """The verified principal, None when no credentials were sent, AuthFailure if bad."""
         api_key = bearer = None
+        seen = 0
         for name, value in headers:
             if name == b"x-api-key":
                 api_key = value.decode("latin-1").strip()
+                seen += 1
             elif name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() != "bearer":
                     raise AuthFailure("unsupported_scheme")
                 bearer = token.strip()
-        if api_key is not None and bearer is not None:
-            # Two credentials could name two principals; refuse rather than pick one.
+                seen += 1
+        if seen > 1:
+            # Two credentials (or a header sent twice, e.g. one added by a proxy) could
+            # name two principals; refuse rather than pick one.
             raise AuthFailure("ambiguous_credentials")
         if bearer is not None and looks_like_api_key(bearer):
             # Prometheus and many HTTP clients can only send `Authorization: Bearer`.

@@ -5,7 +5,9 @@ and `crit`, accepts a token without `aud` when an audience is given, takes `exp`
 numeric string, and lets TypeError/OverflowError escape on odd claim values (see
 docs/security.md and the security checklist). So, before decoding: a size and shape check,
 an `alg` allowlist, `crit`/`typ` checks and our own key selection; after it: strict
-time-claim types, a maximum token age and the identity claims the kit relies on.
+time-claim types and ranges, a maximum token age and the identity claims the kit relies
+on. Every check after the signature runs inside the same `try` as the decode, so a signed
+but hostile payload (`exp: 10**400`) can only ever end in `AuthFailure`.
 
 `AuthFailure.reason` is for logs and metrics only; nothing here logs a token or a key.
 """
@@ -37,7 +39,7 @@ from service.security.jwks import (
 )
 from service.security.principal import AuthFailure, Principal
 from service.settings import ENV_PREFIX, ConfigError, JwtSettings
-from service.settings.security import check_limit_string, secret_weakness
+from service.settings.security import check_limit_string, hmac_key_bytes, secret_weakness
 
 log = structlog.get_logger("graphgate.auth")
 
@@ -49,6 +51,10 @@ MAX_IDENTIFIER_CHARS = 128
 # RecursionError (deeply nested payload) and JWKError besides JWTError.
 _DECODE_ERRORS = (JOSEError, TypeError, ValueError, KeyError, AttributeError, ArithmeticError,
                   RecursionError)
+# The largest NumericDate accepted either side of the epoch: 9999-12-31T23:59:59Z, the last
+# second `datetime` can hold. Beyond it a claim is nonsense, and arithmetic with it overflows
+# floats (`time.time() - 10**400` raises OverflowError).
+MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class JwtVerifier:
@@ -81,7 +87,7 @@ class JwtVerifier:
                 secret = s.secret.get_secret_value().encode()
                 self._static_key = VerificationKey.build(None, secret, s.algorithms)
             elif s.secret_file is not None:
-                secret = _read_secret(s.secret_file)
+                secret = _read_secret(s.secret_file, s.algorithms)
                 self._static_key = VerificationKey.build(None, secret, s.algorithms)
             elif s.public_key_file is not None:
                 self._static_key = load_pem_key(_read(s.public_key_file), s.algorithms)
@@ -127,10 +133,14 @@ class JwtVerifier:
                 token, key, algorithms=[alg], audience=self.settings.audience,
                 issuer=self.settings.issuer, options=dict(self._options),
             )
+            # Inside the try: the payload is signed but may still be hostile, and no check
+            # on it may end in anything but AuthFailure (anything else would be a 500).
+            self._check_times(claims)
+            return self._principal(claims)
+        except AuthFailure:
+            raise
         except _DECODE_ERRORS as exc:
             raise AuthFailure(_reason(exc)) from None
-        self._check_times(claims)
-        return self._principal(claims)
 
     def _checked_header(self, token: str) -> Mapping[str, Any]:
         if len(token) > self.settings.max_token_bytes:
@@ -175,7 +185,8 @@ class JwtVerifier:
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         for name in ("exp", "nbf", "iat"):
             # python-jose takes "exp": "9999999999" (int() of a string); RFC 7519 says number.
-            if name in claims and not _is_number(claims[name]):
+            # It also takes `exp: 10**30` (valid for ever) and `nbf: -10**400`.
+            if name in claims and not _is_numeric_date(claims[name]):
                 raise AuthFailure("invalid")
         iat = claims.get("iat")
         if iat is None:
@@ -250,7 +261,7 @@ def _read(path: Path) -> bytes:
         raise KeyMaterialError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
 
 
-def _read_secret(path: Path) -> bytes:
+def _read_secret(path: Path, algorithms: Sequence[str]) -> bytes:
     try:
         # Stripped like the secrets directory's files: editors and `echo` add a newline.
         secret = _read(path).decode("utf-8").strip()
@@ -259,6 +270,14 @@ def _read_secret(path: Path) -> bytes:
     weakness = secret_weakness(secret)
     if weakness:
         raise KeyMaterialError(f"holds a secret that {weakness}")
+    # RFC 7518 3.2: an HMAC key at least as long as the hash (48 bytes for HS384, 64 for
+    # HS512), the rule settings apply to an inline `secret`.
+    needed = hmac_key_bytes(list(algorithms))
+    if len(secret.encode()) < needed:
+        raise KeyMaterialError(
+            f"holds a secret shorter than {needed} bytes, the minimum for "
+            f"{', '.join(algorithms)}"
+        )
     return secret.encode()
 
 
@@ -282,9 +301,14 @@ def _media_type(typ: str) -> str:
     return typ if "/" in typ else f"application/{typ}"
 
 
-def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+def _is_numeric_date(value: object) -> bool:
+    """An int or finite float (never a bool) within ±MAX_NUMERIC_DATE; never raises."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    # Exact for ints of any size: `-MAX <= 10**400` compares without converting to float.
+    return -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE
 
 
 def _identifier(value: object, reason: str) -> str:

@@ -53,9 +53,15 @@ class Principal:
         return f"{self.method}:{quote(self.tenant, safe='')}:{quote(self.subject, safe='')}"
 
     def owner(self, *, share_within_tenant: bool) -> str:
-        """Who owns the threads this principal creates (an unambiguous encoding)."""
-        parts = [self.tenant] if share_within_tenant else [self.tenant, self.subject]
-        return json.dumps(parts, ensure_ascii=False)
+        """Who owns the threads this principal creates (an unambiguous encoding).
+
+        The method is part of it: an API key's `name` and an identity provider's `sub`
+        are chosen by different parties, so key "alice" and token sub "alice" of the
+        same tenant are different owners.
+        """
+        if share_within_tenant:
+            return json.dumps(["tenant", self.tenant], ensure_ascii=False)
+        return json.dumps([self.method, self.tenant, self.subject], ensure_ascii=False)
 
 
 def principal_of(scope: Scope) -> Principal | None:

@@ -115,7 +115,12 @@ class LimitsSettings(Section):
     """Input limits."""
 
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body.")
-    max_message_chars: int = Field(32_000, ge=1, description="Longest accepted chat message.")
+    max_message_chars: int = Field(
+        32_000, ge=1, description="Longest accepted chat message (also each message in `input`)."
+    )
+    max_input_messages: int = Field(
+        100, ge=1, description="Most messages accepted in one request's `input`."
+    )
 
 
 class DemoSettings(Section):

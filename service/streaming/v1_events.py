@@ -45,9 +45,15 @@ def message_payload(message: Any, metadata: dict[str, Any]) -> dict[str, Any]:
 class V1EventEncoder:
     """Turns one run's events into SSE frames with ids increasing from 1."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, *, thread_key: str | None = None,
+                 thread_id: str | None = None) -> None:
         self._request_id = request_id
         self._next_id = 0
+        # `debug` (and any event carrying a run config) names the checkpointer's thread
+        # key; clients know the thread by its own id, and the owner namespace stays ours.
+        self._alias = None
+        if thread_key and thread_id:
+            self._alias = (thread_key.encode(), thread_id.encode())
 
     def data(self, event: RunEvent) -> Any:
         if event.event == "messages":
@@ -60,4 +66,7 @@ class V1EventEncoder:
 
     def __call__(self, event: RunEvent) -> bytes:
         self._next_id += 1
-        return encode_event(event.event, dumps(self.data(event)), self._next_id)
+        data = dumps(self.data(event))
+        if self._alias is not None and event.event != "messages":  # tokens never carry it
+            data = data.replace(*self._alias)
+        return encode_event(event.event, data, self._next_id)

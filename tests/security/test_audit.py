@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from service.security.audit import (
     run_check_config,
     storage_view,
 )
+from service.security.paths import DOCS_PATHS, public_paths
 from service.settings import Settings, load_settings
 
 PRODUCTION_EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "production.toml"
@@ -249,6 +251,25 @@ def test_public_metrics_is_a_public_path(secure: Secure) -> None:
     ]
 
 
+@pytest.mark.parametrize(("env", "metrics_public", "expected"), [
+    ("production", False, ["/healthz", "/readyz"]),
+    ("production", True, ["/healthz", "/readyz", "/metrics"]),
+    ("development", False,
+     ["/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"]),
+    ("development", True,
+     ["/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+      "/redoc"]),
+])
+def test_public_paths_are_the_apps(
+    secure: Secure, env: str, metrics_public: bool, expected: list[str]
+) -> None:
+    """The audit lists what the app serves without credentials: the docs in development too."""
+    settings = secure(env=env, metrics={"public": metrics_public})
+    assert posture(settings)["public_paths"] == expected
+    assert posture(settings)["public_paths"] == public_paths(settings)  # the app's own list
+    assert set(DOCS_PATHS).isdisjoint(expected) == (env == "production")
+
+
 def test_jwt_key_source_names_files_by_path(secure: Secure, tmp_path: Path) -> None:
     """A file key source is shown by its path; an inline secret only as "secret"."""
     pem = tmp_path / "idp.pem"
@@ -298,6 +319,8 @@ def weak_files(tmp_path: Path) -> dict[str, Path]:
     short_secret.write_text("tooshort\n", encoding="utf-8")
     repetitive = tmp_path / "repetitive.key"
     repetitive.write_text("ab" * 40, encoding="utf-8")
+    hs384_short = tmp_path / "hs384-short.key"  # strong for HS256, short for HS384 (48)
+    hs384_short.write_text(JWT_SECRET + "\n", encoding="utf-8")
     bad_keys = tmp_path / "bad-keys.toml"
     bad_keys.write_text('[[keys]]\nid = "x"\n', encoding="utf-8")
     expired, _ = write_keys(
@@ -307,6 +330,7 @@ def weak_files(tmp_path: Path) -> dict[str, Path]:
     return {
         "short_secret": short_secret,
         "repetitive_secret": repetitive,
+        "hs384_short_secret": hs384_short,
         "absent_secret": tmp_path / "absent.key",
         "absent_keys": tmp_path / "absent.toml",
         "bad_keys": bad_keys,
@@ -318,9 +342,9 @@ Changes = Callable[[dict[str, Path]], dict[str, Any]]
 DEV = "development"
 
 
-def _hmac_file(name: str) -> Changes:
+def _hmac_file(name: str, algorithm: str = "HS256") -> Changes:
     return lambda files: {"auth": {"jwt": {
-        "jwks_url": None, "algorithms": ["HS256"], "secret_file": files[name]}}}
+        "jwks_url": None, "algorithms": [algorithm], "secret_file": files[name]}}}
 
 
 def _keys_file(name: str) -> Changes:
@@ -341,6 +365,8 @@ WEAK_CASES = [
                  "auth.jwt.secret_file", id="secret-file-short"),
     pytest.param(_hmac_file("repetitive_secret"), "jwt-weak-secret", "critical",
                  "auth.jwt.secret_file", id="secret-file-repetitive"),
+    pytest.param(_hmac_file("hs384_short_secret", "HS384"), "jwt-weak-secret", "critical",
+                 "auth.jwt.secret_file", id="secret-file-short-for-hs384"),
     pytest.param(_hmac_file("absent_secret"), "jwt-secret-file-missing", "critical",
                  "auth.jwt.secret_file", id="secret-file-missing"),
     pytest.param(_fixed({"env": DEV, "auth": {"jwt": {"issuer": None}}}),
@@ -361,6 +387,9 @@ WEAK_CASES = [
     pytest.param(_fixed({"cors": {"allow_origin_regex": r"https://app.+"}}),
                  "cors-permissive-regex", "warning", "cors.allow_origin_regex",
                  id="cors-regex-dot-plus"),
+    pytest.param(_fixed({"cors": {"allow_origin_regex": r"https://[a-z0-9-]+.example.com"}}),
+                 "cors-permissive-regex", "warning", "cors.allow_origin_regex",
+                 id="cors-regex-unescaped-dot"),
     pytest.param(_fixed({"server": {"trusted_proxies": ["*"]}}),
                  "trusted-proxies-any", "critical", "server.trusted_proxies", id="proxies-star"),
     pytest.param(_fixed({"server": {"trusted_proxies": ["10.0.0.10", "0.0.0.0/0"]}}),
@@ -496,12 +525,75 @@ def test_ip_limits_need_no_proxies_when_nothing_is_anonymous(secure: Secure) -> 
 @pytest.mark.parametrize(
     "regex",
     [r"https://[a-z0-9-]+\.example\.com", r"https://app\.example\.com", r"https://x[.]*",
-     r"https://a\.+b"],
+     r"https://a\.+b", r"https://[^.]+\.example\.com", r"https://[^].]+\.example\.com",
+     r"https://(app|admin)\.example\.com(:[0-9]+)?"],
 )
 def test_tight_cors_regex_is_not_reported(secure: Secure, regex: str) -> None:
     """Escaped dots, dots in character classes and label patterns are fine."""
     found = findings(secure(cors={"allow_origin_regex": regex}))
     assert "cors-permissive-regex" not in {f.code for f in found}
+
+
+@pytest.mark.parametrize(
+    "regex",
+    [r"https://[a-z0-9-]+.example.com", r"https://app\.example.com", r"https://[.]x.y",
+     r"https://[^]]+.example\.com"],
+)
+def test_unescaped_dot_in_cors_regex_is_reported(secure: Secure, regex: str) -> None:
+    """Any `.` outside a class matches any character, e.g. a `-` in an attacker's host."""
+    found = [f for f in findings(secure(cors={"allow_origin_regex": regex}))
+             if f.code == "cors-permissive-regex"]
+    assert [(f.severity, f.setting) for f in found] == [("warning", "cors.allow_origin_regex")]
+    assert "unescaped `.`" in found[0].message
+
+
+def test_unescaped_dot_really_lets_a_lookalike_host_in() -> None:
+    """Why the finding exists: the pattern admits a host that is not a subdomain."""
+    assert re.fullmatch(r"https://[a-z0-9-]+.example.com", "https://attacker-example.com")
+    assert not re.fullmatch(r"https://[a-z0-9-]+\.example\.com", "https://attacker-example.com")
+
+
+@pytest.mark.parametrize(("algorithm", "length", "weak"), [
+    ("HS256", 32, False), ("HS384", 47, True), ("HS384", 48, False),
+    ("HS512", 63, True), ("HS512", 64, False),
+])
+def test_secret_file_must_be_as_long_as_the_hash(
+    secure: Secure, tmp_path: Path, algorithm: str, length: int, weak: bool
+) -> None:
+    """RFC 7518 3.2: an HS384/HS512 key of fewer than 48/64 bytes is critical."""
+    secret = (JWT_SECRET * 2)[:length]
+    path = tmp_path / "secret.key"
+    path.write_text(secret + "\n", encoding="utf-8")
+    settings = secure(auth={"jwt": {
+        "jwks_url": None, "algorithms": [algorithm], "secret_file": path}})
+    found = [f for f in findings(settings) if f.code == "jwt-weak-secret"]
+    if weak:
+        assert [(f.severity, f.setting) for f in found] == [
+            ("critical", "auth.jwt.secret_file")]
+        assert f"shorter than {length + 1} bytes" in found[0].message
+        assert algorithm in found[0].message
+        assert secret not in found[0].message
+    else:
+        assert found == []
+
+
+@pytest.mark.parametrize(("algorithm", "length", "weak"), [
+    ("HS384", 47, True), ("HS384", 48, False), ("HS512", 63, True), ("HS512", 64, False),
+])
+def test_inline_secret_must_be_as_long_as_the_hash(
+    secure: Secure, algorithm: str, length: int, weak: bool
+) -> None:
+    """The same rule for `secret` (refused at load, so built past validation here)."""
+    secret = (JWT_SECRET * 2)[:length]
+    base = secure(env="development", auth={"jwt": {
+        "jwks_url": None, "algorithms": ["HS256"], "secret": JWT_SECRET}})
+    jwt = base.auth.jwt.model_copy(
+        update={"algorithms": [algorithm], "secret": SecretStr(secret)})
+    settings = base.model_copy(update={"auth": base.auth.model_copy(update={"jwt": jwt})})
+    found = codes(findings(settings))
+    assert (("jwt-weak-secret", "critical", "auth.jwt.secret") in found) == weak
+    for fmt in ("text", "json"):
+        assert secret not in output_of(settings, fmt)[1]
 
 
 def test_checks_refused_by_settings_still_report(secure: Secure) -> None:

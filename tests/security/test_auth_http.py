@@ -106,6 +106,17 @@ def test_two_credentials_are_refused(server: ThreadServer, keyring: KeyRing,
     _assert_refused(_get(server, headers))
 
 
+def test_repeated_credential_headers_are_refused(server: ThreadServer, keyring: KeyRing,
+                                                 rsa_issuer: RsaIssuer) -> None:
+    alice, carol = keyring["alice"].key, keyring["carol"].key
+    for name, values in (("X-API-Key", [alice, carol]), ("X-API-Key", [alice, alice]),
+                         ("Authorization", [f"Bearer {rsa_issuer.token()}",
+                                            f"Bearer {rsa_issuer.token(sub='other')}"])):
+        response = httpx.get(server.url + "/v1/threads",
+                             headers=[(name, value) for value in values])
+        _assert_refused(response)
+
+
 def test_credentials_in_the_query_string_are_ignored(server: ThreadServer, keyring: KeyRing,
                                                      rsa_issuer: RsaIssuer) -> None:
     for name, value in (("api_key", keyring["alice"].key), ("token", rsa_issuer.token()),

@@ -129,3 +129,13 @@ def test_allowed_hosts(secure_server: SecureServe, keyring: KeyRing) -> None:
         refused = httpx.get(server.url + "/v1/threads", headers={**alice, "Host": host})
         assert refused.status_code == 400, host
         assert refused.json()["code"] == "invalid_host"
+
+
+@pytest.mark.parametrize("host", ["evil.com#.internal.example", "evil.com/.internal.example",
+                                  "evil.com?.internal.example", "evil.com .internal.example"])
+def test_allowed_hosts_refuse_malformed_hosts(secure_server: SecureServe, keyring: KeyRing,
+                                              host: str) -> None:
+    server = secure_server(http={"allowed_hosts": ["*.internal.example"]})
+    response = httpx.get(server.url + "/v1/threads",
+                         headers={**keyring["alice"].headers, "Host": host})
+    assert response.status_code == 400

@@ -14,8 +14,11 @@ import httpx
 import pytest
 
 from service.persistence.threads import owner_namespace
-from tests.security.conftest import Caller, KeyRing, SecureServe
+from service.security.principal import Principal
+from tests.security.conftest import Caller, KeyRing, RsaIssuer, SecureServe
 from tests.support.sse import iter_frames
+
+ALICE = Principal(tenant="tenant-a", subject="alice", method="api_key")
 
 
 def _chat(url: str, caller: Caller, thread_id: str, message: str = "hello") -> httpx.Response:
@@ -127,7 +130,7 @@ def test_another_owners_namespace_cannot_be_named(secure_server: SecureServe,
     """Even knowing alice's storage namespace, carol cannot form a key inside it."""
     server = secure_server()
     assert _chat(server.url, keyring["alice"], "private").status_code == 200
-    namespace = owner_namespace('["tenant-a", "alice"]')
+    namespace = owner_namespace(ALICE.owner(share_within_tenant=False))
     for thread_id in (f"{namespace}.private", f"{namespace}private", namespace):
         response = httpx.get(server.url + f"/v1/threads/{thread_id}/state",
                              headers=keyring["carol"].headers)
@@ -138,7 +141,7 @@ def test_storage_keys_never_reach_clients(secure_server: SecureServe, keyring: K
     """Responses speak of the client's thread id, never the namespaced storage key."""
     server = secure_server()
     alice = keyring["alice"]
-    namespace = owner_namespace('["tenant-a", "alice"]')
+    namespace = owner_namespace(ALICE.owner(share_within_tenant=False))
     texts = [_chat(server.url, alice, "visible").text]
     for path in ("/v1/threads/visible/state", "/v1/threads/visible/history", "/v1/threads"):
         texts.append(httpx.get(server.url + path, headers=alice.headers).text)
@@ -147,3 +150,16 @@ def test_storage_keys_never_reach_clients(secure_server: SecureServe, keyring: K
         texts.append(json.dumps([f.data for f in iter_frames(stream)]))
     for text in texts:
         assert namespace not in text
+
+
+def test_a_token_cannot_pose_as_a_key_of_the_same_name(secure_server: SecureServe,
+                                                       keyring: KeyRing,
+                                                       rsa_issuer: RsaIssuer) -> None:
+    """Key names and token subjects come from different parties: a JWT with sub "alice"
+    in tenant-a is not the API key named "alice" in tenant-a."""
+    server = secure_server()
+    assert _chat(server.url, keyring["alice"], "named").status_code == 200
+    token = rsa_issuer.token(sub="alice", tenant="tenant-a")
+    response = httpx.get(server.url + "/v1/threads/named/state",
+                         headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404

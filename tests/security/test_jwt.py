@@ -363,6 +363,43 @@ def test_odd_claim_types_are_refused(rs_settings: JwtSettings, claim: str, value
     refusal(rs_settings, sign(claims(**{claim: value}), rsa_key("a"), "RS256"))
 
 
+HUGE = 10**400  # exact in JSON and Python, but no float can hold it
+
+
+@pytest.mark.parametrize("max_age", [86_400, None])
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, 10**30, -(10**30), 1e300, -1e300,
+                                   253_402_300_800, -253_402_300_800])
+def test_out_of_range_time_claims_are_refused_cleanly(claim: str, value: int | float,
+                                                      max_age: int | None) -> None:
+    """A validly signed token with an absurd NumericDate is an AuthFailure, never a 500.
+
+    `10**400` made math.isfinite() and `now - iat` raise OverflowError after the decode;
+    `exp: 10**30` was accepted as valid for ever and `nbf: -10**400` as always valid.
+    """
+    settings = hs_settings(max_token_age_s=max_age)
+    token = sign(claims(**{claim: value}), HS_SECRET, "HS256")
+    assert refusal(settings, token) in {"invalid", "expired", "not_yet_valid", "too_old"}
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_every_time_claim_check_ends_in_auth_failure(claim: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even an arithmetic error in a post-decode check becomes AuthFailure("invalid")."""
+    def overflow(self: JwtVerifier, payload: Any) -> None:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(JwtVerifier, "_check_times", overflow)
+    token = sign(claims(), HS_SECRET, "HS256")
+    assert refusal(hs_settings(), token) == "invalid"
+
+
+def test_time_claims_up_to_the_year_9999_are_numbers(rs_settings: JwtSettings) -> None:
+    """The range check leaves real tokens alone: a far but representable `exp` is fine."""
+    token = sign(claims(exp=253_402_300_799), rsa_key("a"), "RS256")
+    assert accept(rs_settings, token) == EXPECTED
+
+
 def test_deeply_nested_payload_is_refused_cleanly() -> None:
     payload = b"[" * 2900 + b"]" * 2900  # RecursionError inside python-jose's json.loads
     token = raw_token({"alg": "HS256", "typ": "JWT"}, payload, HS_SECRET, "HS256")
@@ -667,6 +704,24 @@ def test_weak_secret_file_refuses_to_start(tmp_path: Path, content: str, problem
     assert problem in message
     if content:
         assert content not in message
+
+
+@pytest.mark.parametrize(("algorithm", "length"), [("HS384", 48), ("HS512", 64)])
+def test_secret_file_shorter_than_the_hash_refuses_to_start(tmp_path: Path, algorithm: str,
+                                                            length: int) -> None:
+    """RFC 7518 3.2, as settings enforce for `secret`: HS384 needs 48 bytes, HS512 64."""
+    short = secrets.token_urlsafe(64)[: length - 1]  # passes the 32-byte and randomness checks
+    path = tmp_path / "secret"
+    path.write_text(short + "\n")
+    message = start_error(base_settings(algorithms=[algorithm], secret_file=path))
+    assert f"shorter than {length} bytes" in message and algorithm in message
+    assert "auth.jwt.secret_file" in message and str(path) in message
+    assert short not in message
+
+    enough = secrets.token_urlsafe(64)[:length]
+    path.write_text(enough + "\n")
+    settings = base_settings(algorithms=[algorithm], secret_file=path)
+    assert accept(settings, sign(claims(), enough, algorithm)) == EXPECTED
 
 
 def test_pem_as_hmac_secret_refuses_to_start(tmp_path: Path) -> None:

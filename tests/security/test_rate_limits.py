@@ -324,3 +324,19 @@ def test_limits_off(secure_server: SecureServe, keyring: KeyRing) -> None:
     assert [chat(server.url, alice, f"off-{i}").status_code for i in range(3)] == [200] * 3
     with open_stream(server.url, alice, "o-1"), open_stream(server.url, alice, "o-2"):
         assert try_stream(server.url, alice, "o-3").status_code == 200
+
+
+def test_plain_chat_runs_count_against_the_cap(secure_server: SecureServe,
+                                               keyring: KeyRing) -> None:
+    """A `/v1/chat` run holds a slot like a stream does, so fire-and-forget runs cannot
+    pile up past the cap."""
+    server = secure_server(rate_limit={"max_concurrent_streams": 1})
+    alice = keyring["alice"].headers
+    with httpx.stream("POST", server.url + "/v1/chat/stream", headers=alice, timeout=30,
+                      json={"input": {}, "graph": "slow", "thread_id": "held",
+                            "stream_mode": "custom"}) as stream:
+        assert stream.status_code == 200
+        refused = httpx.post(server.url + "/v1/chat", headers=alice, timeout=30,
+                             json={"message": "hi", "thread_id": "other"})
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "too_many_streams"

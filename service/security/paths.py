@@ -1,0 +1,26 @@
+"""Which paths are served without credentials or rate limits (one list for app and audit)."""
+
+from __future__ import annotations
+
+from service.settings import Settings
+
+# Orchestrators and load balancers probe these; they must never be locked out or throttled.
+PROBE_PATHS = ("/healthz", "/readyz")
+METRICS_PATH = "/metrics"
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+
+
+def public_paths(settings: Settings) -> list[str]:
+    """Paths answered without credentials."""
+    paths = list(PROBE_PATHS)
+    if settings.metrics.public:
+        paths.append(METRICS_PATH)
+    if settings.env == "development":
+        # The interactive docs, so `make run` can be explored in a browser.
+        paths.extend(DOCS_PATHS)
+    return paths
+
+
+def unlimited_paths() -> list[str]:
+    """Paths never rate-limited."""
+    return [*PROBE_PATHS, METRICS_PATH]
