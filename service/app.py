@@ -27,7 +27,7 @@ from service.middleware.security_headers import SecurityHeadersMiddleware
 from service.persistence import open_persistence
 from service.persistence.checkpointer import STORAGE_ERRORS
 from service.resources import Resources
-from service.security.api_keys import development_key_store, generate_key
+from service.security.api_keys import KeyStore, development_key_store, generate_key
 from service.security.authenticator import open_authenticator
 from service.security.paths import public_paths, unlimited_paths
 from service.security.rate_limits import RateLimits
@@ -55,12 +55,14 @@ def announce_development_key(key: str) -> None:
 
 def create_app(
     settings: Settings, *, lifecycle: Lifecycle | None = None,
-    development_key: str | None = None,
+    development_key: str | None = None, api_keys: KeyStore | None = None,
 ) -> FastAPI:
     """Build the ASGI app. Nothing is opened until the lifespan starts.
 
     `development_key`: the ephemeral key to accept when `needs_development_key`; the CLI
     makes it once, before gunicorn forks, so every worker accepts the same key.
+    `api_keys`: the keys file as the gunicorn master parsed it; without it the app reads
+    `[auth] api_keys_file` itself (and re-reads it on SIGHUP).
     """
     lifecycle = lifecycle or Lifecycle()
     if needs_development_key(settings) and development_key is None:
@@ -69,9 +71,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        dev_keys = development_key_store(development_key) if development_key else None
+        keys = development_key_store(development_key) if development_key else api_keys
         async with contextlib.AsyncExitStack() as stack:
-            authenticator = await open_authenticator(settings.auth, extra_keys=dev_keys)
+            authenticator = await open_authenticator(settings.auth, keys=keys)
             stack.push_async_callback(authenticator.aclose)
             rate_limits = RateLimits(settings.rate_limit)
             stream_slots = open_stream_slots(settings.rate_limit)

@@ -82,17 +82,19 @@ class Authenticator:
 
 
 async def open_authenticator(
-    settings: AuthSettings, *, extra_keys: KeyStore | None = None,
+    settings: AuthSettings, *, keys: KeyStore | None = None,
     http: httpx.AsyncClient | None = None,
 ) -> Authenticator:
-    """Load key material; raises ConfigError (one line) when it is missing or invalid."""
-    keys: ReloadableKeyStore | KeyStore | None = None
-    if settings.api_keys_file is not None:
-        keys = ReloadableKeyStore(settings.api_keys_file)
-    elif extra_keys is not None:
-        keys = extra_keys
+    """Load key material; raises ConfigError (one line) when it is missing or invalid.
+
+    `keys`, when given, is used as is (already parsed, or the development key); else the
+    keys file is read here and re-read by `Authenticator.reload`.
+    """
+    store: ReloadableKeyStore | KeyStore | None = keys
+    if store is None and settings.api_keys_file is not None:
+        store = ReloadableKeyStore(settings.api_keys_file)
     jwt = None
     if settings.jwt.enabled:
         jwt = JwtVerifier(settings.jwt, http=http)
         await jwt.start()
-    return Authenticator(settings, keys=keys, jwt=jwt)
+    return Authenticator(settings, keys=store, jwt=jwt)

@@ -77,3 +77,38 @@ def test_sighup_reloads_the_keys_file(keyring: KeyRing, tmp_path: Path) -> None:
         assert "api_keys_reload_failed" in server.output()
     finally:
         assert server.stop() == 0, server.output()
+
+
+@pytest.mark.slow
+def test_sighup_under_gunicorn_keeps_the_last_good_keys(keyring: KeyRing, tmp_path: Path) -> None:
+    """gunicorn replaces its workers on SIGHUP; the master re-reads the keys file, and a
+    broken file leaves the last good keys in force instead of halting the service."""
+    env = {"GRAPHGATE_ENV": "production", "GRAPHGATE_AUTH__ENABLED": "true",
+           "GRAPHGATE_AUTH__API_KEYS_FILE": str(keyring.path)}
+    server = ProcessServer(env, "--workers", "2", cwd=tmp_path).start()
+    assert server.proc is not None
+    alice, bob = keyring["alice"], keyring["bob"]
+
+    def status(headers: dict[str, str]) -> int:
+        with httpx.Client() as client:  # a new connection: any worker may answer
+            return client.get(server.url + "/v1/threads", headers=headers).status_code
+
+    try:
+        assert status(bob.headers) == 200
+        kept = {name: c for name, c in keyring.callers.items() if name != "bob"}
+        write_keys_file(keyring.path, kept, KEY_SPECS)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        # Revoked once every worker is new: several 401s in a row.
+        while [status(bob.headers) for _ in range(6)] != [401] * 6:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        keyring.path.write_text("[[keys]\nbroken")
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(3)
+        assert server.proc.poll() is None, server.output()
+        assert [status(alice.headers) for _ in range(6)] == [200] * 6
+        assert [status(bob.headers) for _ in range(6)] == [401] * 6
+        assert "api_keys_reload_failed" in server.output()
+    finally:
+        assert server.stop() == 0, server.output()
