@@ -9,11 +9,14 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from starlette.middleware import Middleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import __version__
 from service.api import health, v1, v1_threads
+from service.api import metrics as metrics_api
 from service.errors import install_error_handlers
 from service.graphs.loader import load_graphs
 from service.lifecycle import Lifecycle
@@ -21,9 +24,21 @@ from service.middleware.allowed_hosts import AllowedHostsMiddleware
 from service.middleware.authentication import AUTHENTICATOR_STATE_KEY, AuthenticationMiddleware
 from service.middleware.body_limit import BodySizeLimitMiddleware
 from service.middleware.cors import CorsMiddleware
+from service.middleware.metrics import PrometheusMiddleware, RouteTemplates
+from service.middleware.metrics_listener import MetricsListenerMiddleware
 from service.middleware.rate_limit import RATE_LIMITS_STATE_KEY, RateLimitMiddleware
 from service.middleware.request_id import RequestIdMiddleware
 from service.middleware.security_headers import SecurityHeadersMiddleware
+from service.observability.metrics import Metrics
+from service.observability.prometheus import new_registry
+from service.observability.samplers import CheckpointerTimer, sample_periodically
+from service.observability.stream_metrics import RunMetrics
+from service.observability.tracing import (
+    FASTAPI_TELEMETRY_OFF,
+    build_tracer_provider,
+    instrument_app,
+    shutdown_tracer_provider,
+)
 from service.persistence import open_persistence
 from service.persistence.checkpointer import STORAGE_ERRORS
 from service.resources import Resources
@@ -56,6 +71,8 @@ def announce_development_key(key: str) -> None:
 def create_app(
     settings: Settings, *, lifecycle: Lifecycle | None = None,
     development_key: str | None = None, api_keys: KeyStore | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the ASGI app. Nothing is opened until the lifespan starts.
 
@@ -63,8 +80,13 @@ def create_app(
     makes it once, before gunicorn forks, so every worker accepts the same key.
     `api_keys`: the keys file as the gunicorn master parsed it; without it the app reads
     `[auth] api_keys_file` itself (and re-reads it on SIGHUP).
+    `registry`: where the metrics are defined (tests pass a fresh one).
+    `tracer_provider`: OpenTelemetry; default from `[telemetry]` (None: tracing off).
     """
     lifecycle = lifecycle or Lifecycle()
+    provider = tracer_provider or build_tracer_provider(settings.telemetry)
+    metrics = Metrics(registry or new_registry())
+    metrics.set_build_info(__version__)
     if needs_development_key(settings) and development_key is None:
         development_key = generate_key("dev")[1]
         announce_development_key(development_key)
@@ -75,17 +97,22 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             authenticator = await open_authenticator(settings.auth, keys=keys)
             stack.push_async_callback(authenticator.aclose)
-            rate_limits = RateLimits(settings.rate_limit)
+            rate_limits = RateLimits(settings.rate_limit, metrics=metrics)
             stream_slots = open_stream_slots(settings.rate_limit)
             stack.push_async_callback(stream_slots.aclose)
-            persistence = await stack.enter_async_context(open_persistence(settings))
+            persistence = await stack.enter_async_context(open_persistence(
+                settings, observer=CheckpointerTimer(metrics.checkpointer_duration)))
+            sampler = await stack.enter_async_context(anyio.create_task_group())
+            sampler.start_soon(sample_periodically, metrics, persistence.pool_stats)
+            stack.callback(sampler.cancel_scope.cancel)
             graphs = await load_graphs(settings, persistence.checkpointer)
-            executor = RunExecutor(persistence.leases, settings.runs, settings.streaming)
+            executor = RunExecutor(persistence.leases, settings.runs, settings.streaming,
+                                   observer=RunMetrics(metrics), tracer_provider=provider)
             restore_signals = lifecycle.chain_signal_handlers()
             # SIGHUP re-reads the API keys file (revocations apply without a restart).
             stack.callback(lifecycle.on_reload(authenticator.reload))
             resources = Resources(settings, persistence, graphs, executor, lifecycle,
-                                  authenticator, rate_limits, stream_slots)
+                                  authenticator, rate_limits, stream_slots, metrics)
             try:
                 yield {
                     "resources": resources,
@@ -99,23 +126,40 @@ def create_app(
                 # still be running; let them finish before the store closes under them.
                 with anyio.move_on_after(SHUTDOWN_RELEASE_WAIT_S):
                     await executor.wait_idle()
+                await shutdown_tracer_provider(provider)
 
+    route_templates = RouteTemplates()
     app = FastAPI(
         title="graphgate",
         version=__version__,
         summary="LangGraph graphs over HTTP with Server-Sent Events and durable threads.",
         lifespan=lifespan,
-        middleware=middleware_stack(settings),
+        middleware=middleware_stack(settings, metrics, route_templates),
         debug=False,  # never render tracebacks to clients
+        # FastAPI's own telemetry would record query strings and exception text; graphgate
+        # traces through opentelemetry-instrumentation-fastapi with redaction instead.
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
-    install_error_handlers(app, storage_errors=STORAGE_ERRORS)
-    app.include_router(health.router)
-    app.include_router(v1.router)
-    app.include_router(v1_threads.router)
+    install_error_handlers(
+        app, storage_errors=STORAGE_ERRORS,
+        on_storage_error=metrics.storage_errors.labels("checkpointer").inc,
+    )
+    routers = [health.router, v1.router, v1_threads.router]
+    if settings.metrics.enabled:
+        routers.append(metrics_api.router)
+    for router in routers:
+        app.include_router(router)
+    if provider is not None:
+        instrument_app(app, provider)
+    # Label values for requests refused before routing (401, 413, 429…).
+    route_templates.extend(
+        [route.path for router in routers for route in router.routes if hasattr(route, "path")]
+        + [path for route in app.routes if isinstance(path := getattr(route, "path", None), str)])
     return app
 
 
-def middleware_stack(settings: Settings) -> list[Middleware]:
+def middleware_stack(settings: Settings, metrics: Metrics,
+                     route_templates: RouteTemplates) -> list[Middleware]:
     """The ordered middleware list, outermost first; each entry says why it sits there.
 
     Starlette adds its ServerErrorMiddleware (the 500 handler) outside all of these and
@@ -125,10 +169,15 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         # Request id first, so every response (errors, 401s, 413s, 429s included) carries
         # it and every log line of the request is bound to it.
         Middleware(RequestIdMiddleware),
+        # Then metrics, outside everything that can refuse, so refusals are counted.
+        Middleware(PrometheusMiddleware, metrics=metrics, routes=route_templates),
         # The client address, from X-Forwarded-For only when the socket peer is a trusted
         # proxy; everything after (logs, anonymous rate limits) sees the real client.
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies),
     ]
+    if settings.metrics.enabled and settings.metrics.port is not None:
+        # The scrape port serves /metrics (and probes) only, never the API.
+        stack.append(Middleware(MetricsListenerMiddleware, port=settings.metrics.port))
     if settings.http.security_headers:
         # Outside everything that can answer, so refusals get the headers too.
         stack.append(Middleware(SecurityHeadersMiddleware,
@@ -143,7 +192,9 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
     # Size limit before anything reads the body.
     stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes))
     # Authentication before the limiter, which keys on the principal it finds.
-    stack.append(Middleware(AuthenticationMiddleware, public_paths=public_paths(settings)))
+    stack.append(Middleware(AuthenticationMiddleware, public_paths=public_paths(settings),
+                            metrics=metrics))
     if settings.rate_limit.enabled:
-        stack.append(Middleware(RateLimitMiddleware, exempt_paths=unlimited_paths()))
+        stack.append(Middleware(RateLimitMiddleware, exempt_paths=unlimited_paths(),
+                                metrics=metrics))
     return stack

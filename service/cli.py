@@ -7,6 +7,7 @@ import asyncio
 import json
 import platform
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -88,6 +89,15 @@ def _preflight(settings: Settings) -> None:
     asyncio.run(migrate())
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def _serve(settings: Settings) -> int:
     from service.app import announce_development_key, needs_development_key
     from service.observability.logging import configure_logging
@@ -120,12 +130,16 @@ def _serve(settings: Settings) -> int:
             timeout_graceful_shutdown=settings.server.graceful_timeout_s,
         )
         server = uvicorn.Server(config)
+        sockets = [config.bind_socket()]
+        if settings.metrics.enabled and settings.metrics.port is not None:
+            # The internal scrape listener: same app, which serves only /metrics there.
+            sockets.append(_listen(settings.server.host, settings.metrics.port))
         # uvicorn handles SIGTERM/SIGINT itself, then restores the handlers it found and
         # re-raises the signal. Finding these no-ops, a graceful stop exits 0 instead of
         # dying by signal (or printing a KeyboardInterrupt traceback).
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: None)
-        server.run()
+        server.run(sockets=sockets)
         return 0 if server.started else EXIT_STARTUP
     from service.gunicorn_app import GraphgateGunicorn
 
@@ -152,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = _settings(args)
+        if args.command == "serve" and settings.server.workers > 1 and settings.metrics.enabled:
+            # Before anything imports prometheus_client (the graphs might): it picks its
+            # multiprocess file storage at import time, from this variable.
+            from service.observability.prometheus import prepare_multiprocess_dir
+
+            prepare_multiprocess_dir(settings.metrics.multiprocess_dir)
         if args.command == "config":
             print(json.dumps(public_view(settings), indent=2, default=str))
             return 0

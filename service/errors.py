@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -17,6 +17,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+
+from service.observability.tracing import current_trace_ids
 
 PROBLEM_TYPE = "application/problem+json"
 ERROR_HEADERS = {
@@ -128,6 +130,9 @@ def problem(
     }
     if detail:
         body["detail"] = detail
+    trace = current_trace_ids()
+    if trace is not None:
+        body["trace_id"] = trace[0]  # to find the request's trace from a bug report
     body.update(extra)
     # The hardening headers again: a 500 is rendered outside the middleware that adds them.
     all_headers = {"x-request-id": rid, **ERROR_HEADERS, **(headers or {})}
@@ -181,19 +186,23 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
                    "An unexpected error occurred; quote the request id when reporting it.")
 
 
-async def _storage_unavailable(request: Request, exc: Exception) -> Response:
-    # The driver's message names hosts and SQL; the log has it, the client gets the code.
-    log.warning("storage_unavailable", exc_type=type(exc).__name__)
-    return await _service_error(request, StorageUnavailableError())
-
-
 def install_error_handlers(
-    app: FastAPI, storage_errors: tuple[type[Exception], ...] = ()
+    app: FastAPI, storage_errors: tuple[type[Exception], ...] = (),
+    on_storage_error: Callable[[], None] | None = None,
 ) -> None:
-    """Map every error to the one problem shape; `storage_errors` become 503s."""
+    """Map every error to the one problem shape; `storage_errors` become 503s (each one
+    reported to `on_storage_error`, e.g. a counter)."""
+
+    async def storage_unavailable(request: Request, exc: Exception) -> Response:
+        # The driver's message names hosts and SQL; the log has it, the client the code.
+        log.warning("storage_unavailable", exc_type=type(exc).__name__)
+        if on_storage_error is not None:
+            on_storage_error()
+        return await _service_error(request, StorageUnavailableError())
+
     app.add_exception_handler(ServiceError, _service_error)
     for exc_type in storage_errors:
-        app.add_exception_handler(exc_type, _storage_unavailable)
+        app.add_exception_handler(exc_type, storage_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -45,10 +45,22 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook: a worker is gone, so its live gauges (open streams…) stop counting."""
+    from service.observability.prometheus import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     server = settings.server
+    binds = [bind_address(server.host, server.port)]
+    if settings.metrics.enabled and settings.metrics.port is not None:
+        # The internal scrape listener; the app serves only /metrics (and probes) there.
+        binds.append(bind_address(server.host, settings.metrics.port))
     return {
-        "bind": [bind_address(server.host, server.port)],
+        "bind": binds,
+        "child_exit": child_exit,
         "workers": server.workers,
         "worker_class": WORKER_CLASS,
         # How long workers may finish open streams after SIGTERM before being killed.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from service.graphs.loader import GraphRegistry
 from service.lifecycle import Lifecycle
+from service.observability.metrics import Metrics
 from service.persistence import Persistence
 from service.security.authenticator import Authenticator
 from service.security.rate_limits import RateLimits
@@ -24,3 +25,4 @@ class Resources:
     authenticator: Authenticator
     rate_limits: RateLimits
     stream_slots: StreamSlots
+    metrics: Metrics

@@ -120,6 +120,23 @@ def test_config_shows_effective_settings_with_secrets_masked(tmp_path: Path) -> 
     assert '"mine": "json:loads"' in result.stdout
 
 
+METRICS_TOKEN = "Pm3Xw8Qz1Rv6Ty0Us4Lk9Jh2Gf7Dn5Bc-Ae_Io"
+
+
+@pytest.mark.parametrize("command", [("config",), ("check-config", "--format", "text"),
+                                     ("check-config", "--format", "json")])
+def test_metrics_token_is_never_printed(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`config` masks [metrics] token; `check-config` only says that one is set."""
+    result = graphgate(*command, env={**production_auth(tmp_path),
+                                      "GRAPHGATE_METRICS__TOKEN": METRICS_TOKEN}, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert METRICS_TOKEN not in result.stdout + result.stderr
+    if command == ("config",):
+        assert json.loads(result.stdout)["metrics"]["token"] == "**********"
+    elif "json" in command:
+        assert json.loads(result.stdout)["posture"]["metrics"]["token"] is True
+
+
 def test_migrate_creates_tables(postgres: PostgresServer, tmp_path: Path) -> None:
     """`graphgate migrate` creates the checkpointer's and graphgate's tables, idempotently."""
     url = postgres.create_database()

@@ -121,14 +121,15 @@ def test_sections_come_in_order_after_top_level_settings() -> None:
     # Field order of Settings; a subsection follows its parent section.
     assert list(_sections()) == [
         "server", "postgres", "streaming", "runs", "limits", "demo", "logging",
-        "auth", "auth.jwt", "rate_limit", "cors", "http", "metrics",
+        "auth", "auth.jwt", "rate_limit", "cors", "http", "metrics", "telemetry",
     ]
 
 
 def test_secrets_are_marked() -> None:
     reference = render_reference()
     for env_name in (
-        "GRAPHGATE_DATABASE_URL", "GRAPHGATE_AUTH__JWT__SECRET", "GRAPHGATE_RATE_LIMIT__STORAGE_URI"
+        "GRAPHGATE_DATABASE_URL", "GRAPHGATE_AUTH__JWT__SECRET",
+        "GRAPHGATE_RATE_LIMIT__STORAGE_URI", "GRAPHGATE_METRICS__TOKEN",
     ):
         row = next(line for line in reference.splitlines() if f"`{env_name}`" in line)
         assert "**secret**" in row, env_name

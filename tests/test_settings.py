@@ -125,6 +125,59 @@ def test_sqlite_url_sets_the_sqlite_path() -> None:
     assert settings.sqlite_path == Path("srv/data/gg.db")
 
 
+def test_logging_defaults() -> None:
+    """JSON or console is chosen by env (auto); one access line per request."""
+    logging = load_settings().logging
+    assert (logging.level, logging.format, logging.access_log) == ("INFO", "auto", True)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "json", "console"])
+def test_logging_format_from_env(monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    monkeypatch.setenv("GRAPHGATE_LOGGING__FORMAT", fmt)
+    monkeypatch.setenv("GRAPHGATE_LOGGING__ACCESS_LOG", "false")
+    logging = load_settings().logging
+    assert (logging.format, logging.access_log) == (fmt, False)
+
+
+def test_telemetry_defaults_are_off() -> None:
+    """No OTLP endpoint configured: tracing is off unless the OTEL_* variables say otherwise."""
+    telemetry = load_settings().telemetry
+    assert telemetry.otlp_endpoint is None
+    assert telemetry.service_name == "graphgate"
+    assert telemetry.resource_attributes == {}
+    assert telemetry.sample_ratio == 1.0
+
+
+def test_telemetry_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRAPHGATE_TELEMETRY__<KEY> fills [telemetry]; the attribute table is JSON there."""
+    monkeypatch.setenv("GRAPHGATE_TELEMETRY__OTLP_ENDPOINT", "http://otel-collector:4318/v1/traces")
+    monkeypatch.setenv("GRAPHGATE_TELEMETRY__SERVICE_NAME", "graphgate-eu")
+    monkeypatch.setenv("GRAPHGATE_TELEMETRY__RESOURCE_ATTRIBUTES",
+                       '{"deployment.environment": "prod", "service.namespace": "ai"}')
+    monkeypatch.setenv("GRAPHGATE_TELEMETRY__SAMPLE_RATIO", "0.25")
+    telemetry = load_settings().telemetry
+    assert telemetry.otlp_endpoint == "http://otel-collector:4318/v1/traces"
+    assert telemetry.service_name == "graphgate-eu"
+    assert telemetry.resource_attributes == {
+        "deployment.environment": "prod", "service.namespace": "ai"}
+    assert telemetry.sample_ratio == 0.25
+
+
+def test_telemetry_from_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """[telemetry] in the config file, with resource_attributes as a table; env wins."""
+    config = write_toml(
+        tmp_path / "gg.toml",
+        '[telemetry]\notlp_endpoint = "http://collector:4318/v1/traces"\nsample_ratio = 0.5\n'
+        '[telemetry.resource_attributes]\n"deployment.environment" = "staging"\n',
+    )
+    use_config(monkeypatch, config)
+    monkeypatch.setenv("GRAPHGATE_TELEMETRY__OTLP_ENDPOINT", "http://other:4318/v1/traces")
+    telemetry = load_settings().telemetry
+    assert telemetry.otlp_endpoint == "http://other:4318/v1/traces"
+    assert telemetry.sample_ratio == 0.5
+    assert telemetry.resource_attributes == {"deployment.environment": "staging"}
+
+
 # --- source priority ----------------------------------------------------------------------
 
 
@@ -344,6 +397,11 @@ def test_invalid_database_url_in_secrets_dir_hides_the_password(
         ("GRAPHGATE_SERVER__PORT", "70000", "server.port"),
         ("GRAPHGATE_SERVER__WORKERS", "0", "server.workers"),
         ("GRAPHGATE_LOGGING__LEVEL", "LOUD", "logging.level"),
+        ("GRAPHGATE_LOGGING__FORMAT", "xml", "logging.format"),
+        ("GRAPHGATE_LOGGING__ACCESS_LOG", "sometimes", "logging.access_log"),
+        ("GRAPHGATE_METRICS__PORT", "70000", "metrics.port"),
+        ("GRAPHGATE_TELEMETRY__SAMPLE_RATIO", "1.5", "telemetry.sample_ratio"),
+        ("GRAPHGATE_TELEMETRY__SAMPLE_RATIO", "-0.1", "telemetry.sample_ratio"),
         ("GRAPHGATE_RUNS__DURABILITY", "never", "runs.durability"),
         ("GRAPHGATE_LIMITS__MAX_BODY_BYTES", "10", "limits.max_body_bytes"),
         ("GRAPHGATE_ENV", "staging", "env"),

@@ -1,5 +1,5 @@
 """The security settings: [auth], [auth.jwt], [rate_limit], [cors], [server] trusted_proxies,
-and production's refusal to run without authentication."""
+[metrics], and production's refusal to run without authentication."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from service.settings import ConfigError, Settings, load_settings, public_view
 
 # Random-looking, 40 bytes, many distinct characters: passes the HMAC strength check.
 STRONG_SECRET = "q7Vx2Lm9Rt4Wz8Nb3Hc6Jd1Fg5Ys0Kp-Ta_Ue7Mw"
+METRICS_TOKEN = "Pm3Xw8Qz1Rv6Ty0Us4Lk9Jh2Gf7Dn5Bc-Ae_Io"
 ISSUER = "https://login.example.com/"
 AUDIENCE = "https://api.example.com"
 
@@ -413,6 +414,90 @@ def test_unknown_nested_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A typo in a nested section stops start-up like one in a top-level section."""
     monkeypatch.setenv("GRAPHGATE_AUTH__JWT__ISSUR", ISSUER)
     with pytest.raises(ConfigError, match=r"auth\.jwt\.issur"):
+        development()
+
+
+# --- [metrics] -------------------------------------------------------------------------------
+
+
+def test_metrics_defaults_serve_it_publicly_on_the_main_port() -> None:
+    """Enabled, no token, no extra port: readable by anyone reaching the main port."""
+    metrics = development().metrics
+    assert metrics.enabled
+    assert metrics.token is None and metrics.port is None and metrics.multiprocess_dir is None
+    assert metrics.public
+
+
+@pytest.mark.parametrize(("metrics", "public"), [
+    ({"token": METRICS_TOKEN}, False),
+    ({"port": 9464}, False),
+    ({"token": METRICS_TOKEN, "port": 9464}, False),
+    ({"enabled": False}, False),
+    ({"enabled": True}, True),
+])
+def test_metrics_is_public_only_without_token_and_port(
+    metrics: dict[str, Any], public: bool
+) -> None:
+    assert development(metrics=metrics).metrics.public is public
+
+
+def test_metrics_public_is_no_longer_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`public` is derived (enabled, no token, no port); setting it is an unknown key."""
+    monkeypatch.setenv("GRAPHGATE_METRICS__PUBLIC", "false")
+    with pytest.raises(ConfigError, match=r"metrics\.public \(GRAPHGATE_METRICS__PUBLIC\)"):
+        development()
+
+
+@pytest.mark.parametrize(("token", "reason"), [
+    ("Sh0rt-but-random!", "is shorter than 32 bytes"),
+    ("ab" * 20, "does not look random (too few distinct characters)"),
+])
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_weak_metrics_token_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, keys_file: Path, env: str, token: str, reason: str
+) -> None:
+    monkeypatch.setenv("GRAPHGATE_ENV", env)
+    monkeypatch.setenv("GRAPHGATE_AUTH__API_KEYS_FILE", str(keys_file))
+    monkeypatch.setenv("GRAPHGATE_METRICS__TOKEN", token)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert message == f"invalid setting metrics.token (GRAPHGATE_METRICS__TOKEN): {reason}"
+    assert token not in message
+    assert excinfo.value.__cause__ is None
+
+
+def test_metrics_token_is_accepted_and_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAPHGATE_METRICS__TOKEN", METRICS_TOKEN)
+    settings = development()
+    token = settings.metrics.token
+    assert token is not None and token.get_secret_value() == METRICS_TOKEN
+    assert METRICS_TOKEN not in repr(settings) and METRICS_TOKEN not in str(settings)
+    view = public_view(settings)
+    assert view["metrics"]["token"] == "**********"
+    assert METRICS_TOKEN not in repr(view)
+
+
+def test_metrics_token_from_the_secrets_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The token belongs in the secrets directory (file `metrics__token`)."""
+    secrets = make_secrets_dir(tmp_path, {"metrics__token": METRICS_TOKEN})
+    monkeypatch.setenv("GRAPHGATE_SECRETS_DIR", str(secrets))
+    token = development().metrics.token
+    assert token is not None and token.get_secret_value() == METRICS_TOKEN
+
+
+@pytest.mark.parametrize("port", ["1", "9464", "65535"])
+def test_metrics_port_in_range_is_accepted(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    monkeypatch.setenv("GRAPHGATE_METRICS__PORT", port)
+    assert development().metrics.port == int(port)
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65536", "http"])
+def test_metrics_port_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    monkeypatch.setenv("GRAPHGATE_METRICS__PORT", port)
+    with pytest.raises(ConfigError, match=r"metrics\.port \(GRAPHGATE_METRICS__PORT\)"):
         development()
 
 

@@ -92,8 +92,10 @@ async def check_run_limit(request: Request, resources: Resources) -> None:
     runs = resources.rate_limits.runs
     decision = await runs.check(request, resources.settings.rate_limit.run_limits)
     if decision.verdict == "limited":
+        resources.metrics.rate_limited.labels("runs").inc()
         headers = await runs.headers(decision)
         headers.setdefault("retry-after", "1")
         raise RateLimited(headers=headers, limit="runs")
     if decision.verdict == "unavailable":
+        resources.metrics.storage_errors.labels("rate_limit").inc()
         raise ServiceUnavailable("Rate limits cannot be checked right now; try again shortly.")

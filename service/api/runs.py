@@ -92,7 +92,9 @@ async def start_run(
     modes: list[StreamMode],
     request_id: str,
 ) -> StartedRun:
+    metrics = res.metrics
     if res.lifecycle.draining:
+        metrics.runs_refused.labels("draining").inc()
         raise ServiceUnavailable("The server is shutting down; retry on another instance.")
     check_input(graph_input, res.settings.limits)
     try:
@@ -104,8 +106,11 @@ async def start_run(
     try:
         slot = await res.stream_slots.acquire(principal.identity)
     except StreamSlotsFull:
+        metrics.runs_refused.labels("too_many_streams").inc()
+        metrics.rate_limited.labels("streams").inc()
         raise TooManyRuns(headers={"Retry-After": "5"}) from None
     except StreamSlotsUnavailable:
+        metrics.storage_errors.labels("rate_limit").inc()
         raise ServiceUnavailable("Run limits cannot be checked right now.") from None
     try:
         await check_run_limit(request, res)
@@ -121,12 +126,16 @@ async def start_run(
     try:
         run = await res.executor.start(run_request)
     except ThreadBusy:
+        metrics.runs_refused.labels("thread_busy").inc()
         await slot.release()
         raise ThreadBusyError() from None
     except BaseException:
         await slot.release()
         raise
     started = StartedRun(run, slot)
+    # For the request's access log line.
+    request.scope.setdefault("state", {})["access"] = {
+        "thread_id": thread_id, "run_id": run.run_id, "graph": name}
     try:
         await res.persistence.threads.touch(space.owner, thread_id, name)
     except BaseException:

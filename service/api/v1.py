@@ -12,11 +12,12 @@ from service.api.deps import RequestIdDep, ResourcesDep, requires
 from service.api.runs import message_input, start_run
 from service.api.schemas import ChatRequest, ChatResponse, StreamRequest
 from service.errors import ServiceError, StorageUnavailableError
+from service.observability.stream_metrics import StreamRecorder
 from service.security.principal import RUNS_CREATE, Principal
 from service.streaming.executor import STORAGE, TIMEOUT, RunError, RunEvent
 from service.streaming.serialize import dumps
 from service.streaming.sse import EmitFrame, EventStreamResponse
-from service.streaming.v1_events import V1EventEncoder
+from service.streaming.v1_events import V1EventEncoder, is_token
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -55,15 +56,25 @@ async def chat_stream(
     run = started.run
     encode = V1EventEncoder(request_id, thread_key=run.request.thread_key,
                             thread_id=run.request.thread_id)
+    recorder = StreamRecorder(res.metrics, run.request.graph_name,
+                              run_outcome=lambda: run.outcome,
+                              access=request.scope["state"].get("access"))
 
     async def producer(emit_frame: EmitFrame) -> None:
-        await run.produce(lambda event: emit_frame(encode(event)))
+        def emit(event: RunEvent) -> None:
+            emit_frame(encode(event))
+            recorder.event(event.event, token=is_token(event))
+            if event.data is STORAGE:
+                res.metrics.storage_errors.labels("checkpointer").inc()
+
+        await run.produce(emit)
 
     return EventStreamResponse(
         producer,
         heartbeat_interval_s=res.settings.streaming.heartbeat_interval_s,
         send_timeout_s=res.settings.streaming.send_timeout_s,
         on_close=started.close,
+        observer=recorder,
     )
 
 
@@ -99,6 +110,7 @@ async def chat(
     if disconnected.is_set():
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     if error is STORAGE:
+        res.metrics.storage_errors.labels("checkpointer").inc()
         raise StorageUnavailableError()
     if error is TIMEOUT:
         raise _RunTimedOut(error.message)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import problem
+from service.observability.metrics import Metrics
 from service.security.authenticator import ANONYMOUS, Authenticator
 from service.security.principal import SCOPE_STATE_KEY, AuthFailure
 
@@ -27,9 +28,11 @@ INVALID_TOKEN_CHALLENGE = 'Bearer realm="graphgate", error="invalid_token"'  # n
 
 
 class AuthenticationMiddleware:
-    def __init__(self, app: ASGIApp, *, public_paths: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, *, public_paths: Collection[str],
+                 metrics: Metrics | None = None) -> None:
         self.app = app
         self.public_paths = frozenset(public_paths)
+        self.failures = metrics.auth_failures if metrics is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -50,11 +53,15 @@ class AuthenticationMiddleware:
             principal = await authenticator.authenticate(scope["headers"])
         except AuthFailure as failure:
             log.warning("auth_failed", reason=failure.reason, path=scope["path"])
+            if self.failures is not None:
+                self.failures.labels(failure.reason).inc()
             await _refuse(scope, receive, send, INVALID_TOKEN_CHALLENGE)
             return
         if principal is None:
             if authenticator.required:
                 log.info("auth_missing", path=scope["path"])
+                if self.failures is not None:
+                    self.failures.labels("missing").inc()
                 await _refuse(scope, receive, send, CHALLENGE)
                 return
             principal = ANONYMOUS

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import problem
+from service.observability.metrics import Metrics
 from service.security.rate_limits import RateLimits
 
 log = structlog.get_logger("graphgate.rate_limit")
@@ -24,9 +25,11 @@ RATE_LIMITS_STATE_KEY = "rate_limits"
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, exempt_paths: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, *, exempt_paths: Collection[str],
+                 metrics: Metrics | None = None) -> None:
         self.app = app
         self.exempt_paths = frozenset(exempt_paths)
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -40,12 +43,16 @@ class RateLimitMiddleware:
             headers = await limiter.headers(decision)
             headers.setdefault("retry-after", "1")
             log.info("rate_limited", limiter=limiter.name, path=scope["path"])
+            if self.metrics is not None:
+                self.metrics.rate_limited.labels("requests").inc()
             response = problem(request, 429, "rate_limited", "Too many requests",
                                "The rate limit for these credentials was reached; retry "
                                "after the number of seconds in Retry-After.", headers=headers)
             await response(scope, receive, send)
             return
         if decision.verdict == "unavailable":
+            if self.metrics is not None:
+                self.metrics.storage_errors.labels("rate_limit").inc()
             response = problem(request, 503, "rate_limit_unavailable", "Service unavailable",
                                "Rate limits cannot be checked right now; try again shortly.",
                                headers={"retry-after": "5"})

@@ -1,20 +1,33 @@
 """Scrub credentials from log output before it is written.
 
 Exception messages are the usual leak: a driver quotes its connection string, a graph
-node puts a token in an error, a client sends a key in a URL. Every string in a log
-event (the formatted traceback included) passes through `Redactor`, which removes the
-configured secret values verbatim and anything shaped like a credential.
+node puts a token in an error, a client sends a key in a URL. Every value in a log
+event (the formatted traceback included, and strings nested in dicts and lists) passes
+through `Redactor`, which removes the configured secret values verbatim and anything
+shaped like a credential. A value logged under a credential-sounding key
+(`password=...`, `authorization=...`, `cookie=...`) is dropped whole.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
 REDACTED = "[REDACTED]"
+
+# Names whose value is a credential, as a key in "k=v" / "k: v" text or an event field.
+# A prefix is allowed ("access_token", "db_password", "x-api-key", "client_secret").
+_CREDENTIAL_NAMES = (
+    r"password|passwd|passphrase|pwd|secret|secret[_-]?key|private[_-]?key"
+    r"|token|api[_-]?key|authorization|credentials?"
+)
+_CREDENTIAL_KEY = re.compile(
+    r"(?i)(?:[a-z0-9]+[_-])*(?:" + _CREDENTIAL_NAMES + r"|cookie|set[_-]cookie)"
+)
 
 _PATTERNS = [
     # graphgate API keys.
@@ -25,14 +38,23 @@ _PATTERNS = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     # user:password@ in URLs (postgresql://, redis://, https://).
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
-    # key=value / key: value pairs with a secret-sounding key (libpq conninfo, configs).
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|authorization)"
-                r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"), r"\1\2" + REDACTED),
+    # Cookie headers: the whole rest of the line (several name=value pairs).
+    (re.compile(r"(?i)(?<![a-z0-9_-])((?:set-)?cookie)([\"']?\s*[=:]\s*)[^\r\n]+"),
+     r"\1\2" + REDACTED),
+    # key=value / key: value pairs with a secret-sounding key (libpq conninfo, configs,
+    # query strings, Python and JSON reprs of dicts: 'api_key': '...').
+    (re.compile(r"(?i)(?<![a-z0-9])((?:[a-z0-9]+[_-])*(?:" + _CREDENTIAL_NAMES + r"))"
+                r"([\"']?\s*[=:]\s*)(?:(?:bearer|basic|digest|token)\s+)?"
+                r"(\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)"), r"\1\2" + REDACTED),
 ]
 
 
 def secret_values(model: BaseModel) -> list[str]:
-    """Every SecretStr value in a settings model, nested sections included."""
+    """Every SecretStr value in a settings model, nested sections included.
+
+    For a URL (a database or Redis URL) its password is added on its own too: a driver
+    may quote it without the rest of the URL.
+    """
     found: list[str] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
@@ -40,9 +62,27 @@ def secret_values(model: BaseModel) -> list[str]:
             text = value.get_secret_value()
             if len(text) >= 6 and text not in ("memory://", "memory:"):
                 found.append(text)
+                password = _url_password(text)
+                if password is not None and len(password) >= 6:
+                    found.append(password)
         elif isinstance(value, BaseModel):
             found.extend(secret_values(value))
     return found
+
+
+def _url_password(text: str) -> str | None:
+    if "://" not in text:
+        return None
+    try:
+        password = urlsplit(text).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether an event field of this name holds a credential (its value is dropped)."""
+    return _CREDENTIAL_KEY.fullmatch(name) is not None
 
 
 class Redactor:
@@ -60,9 +100,35 @@ class Redactor:
             value = pattern.sub(replacement, value)
         return value
 
+    def value(self, value: Any, depth: int = 0) -> Any:
+        """`value` with every string in it scrubbed.
+
+        Numbers, booleans and None pass as they are; containers are rebuilt; any other
+        object becomes its scrubbed repr (what the renderers would print anyway).
+        """
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bytes | bytearray):
+            return self.text(bytes(value).decode("utf-8", "replace"))
+        if depth < 8:
+            if isinstance(value, Mapping):
+                return {k: self.field(str(k), v, depth + 1) for k, v in value.items()}
+            if isinstance(value, list | tuple | set | frozenset):
+                return [self.value(item, depth + 1) for item in value]
+        return self.text(repr(value))
+
+    def field(self, key: str, value: Any, depth: int = 0) -> Any:
+        if is_secret_key(key) and value not in (None, "") and not isinstance(value, bool):
+            return REDACTED
+        return self.value(value, depth)
+
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
         for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = self.text(value)
+            if key.startswith("_"):
+                # structlog's own bookkeeping (`_record`, `_from_structlog`).
+                continue
+            event[key] = self.field(key, value)
         return event

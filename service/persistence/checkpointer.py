@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.persistence.instrumented import StoreObserver, TimedSaver, pool_stats
 from service.persistence.leases import POSTGRES_SCHEMA as LEASES_POSTGRES_SCHEMA
 from service.persistence.leases import (
     MemoryLeases,
@@ -63,6 +65,9 @@ class Persistence:
     ping: Callable[[], Awaitable[None]]
     # Which owner each thread belongs to; see service.persistence.threads.
     threads: ThreadRegistry
+    # Postgres only: the pool's connections now (size, in_use, idle, waiting); see
+    # service.persistence.instrumented.pool_stats. None for SQLite and memory.
+    pool_stats: Callable[[], dict[str, int]] | None = None
 
 
 async def _no_ping() -> None:
@@ -70,17 +75,29 @@ async def _no_ping() -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
-    """Open the configured store, run its migrations and yield it; close it on exit."""
+async def open_persistence(
+    settings: Settings, *, observer: StoreObserver | None = None
+) -> AsyncIterator[Persistence]:
+    """Open the configured store, run its migrations and yield it; close it on exit.
+
+    With an `observer`, the checkpointer is a `TimedSaver` reporting every call's
+    duration to it; without one it is the store's own saver.
+    """
     kind = settings.database_kind
-    if kind == "memory":
-        yield Persistence(kind, InMemorySaver(), MemoryLeases(), _no_ping, MemoryThreads())
-    elif kind == "sqlite":
-        async with _open_sqlite(settings) as persistence:
-            yield persistence
-    else:
-        async with _open_postgres(settings) as persistence:
-            yield persistence
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "memory":
+            persistence = Persistence(
+                kind, InMemorySaver(), MemoryLeases(), _no_ping, MemoryThreads()
+            )
+        elif kind == "sqlite":
+            persistence = await stack.enter_async_context(_open_sqlite(settings))
+        else:
+            persistence = await stack.enter_async_context(_open_postgres(settings))
+        if observer is not None:
+            persistence = dataclasses.replace(
+                persistence, checkpointer=TimedSaver(persistence.checkpointer, observer)
+            )
+        yield persistence
 
 
 async def _sqlite_connect(path: str, *, autocommit: bool) -> aiosqlite.Connection:
@@ -206,7 +223,12 @@ async def _open_postgres(settings: Settings) -> AsyncIterator[Persistence]:
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1 FROM checkpoint_migrations LIMIT 1")
 
-        yield Persistence("postgres", saver, PostgresLeases(pool), ping, PostgresThreads(pool))
+        def stats() -> dict[str, int]:
+            return pool_stats(pool)
+
+        yield Persistence(
+            "postgres", saver, PostgresLeases(pool), ping, PostgresThreads(pool), stats
+        )
     finally:
         await pool.close()
 

@@ -17,7 +17,7 @@ import threading
 import tomllib
 import unicodedata
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -45,8 +45,18 @@ HASH_PREFIX = "sha256:"
 _HASH_PATTERN = re.compile(r"sha256:[0-9a-fA-F]{64}")
 ENTRY_FIELDS = frozenset({"id", "hash", "tenant", "name", "scopes", "rate_limit", "expires_at"})
 REQUIRED_FIELDS = ("id", "hash", "tenant", "name", "scopes")
+# Scopes earlier versions granted: refused like any unknown scope, with a pointer onward.
+REMOVED_SCOPES = {
+    "metrics:read": "/metrics no longer takes API keys; see [metrics] token and port",
+}
 
 log = structlog.get_logger("graphgate.auth")
+
+
+def removed_scope_hint(scopes: Iterable[str]) -> str:
+    """` (why)` for scopes that were removed, to append to an unknown-scope error; else ""."""
+    hints = [REMOVED_SCOPES[scope] for scope in scopes if scope in REMOVED_SCOPES]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def _base62(number: int, width: int) -> str:
@@ -174,7 +184,7 @@ def _parse_entry(raw: Mapping[str, Any]) -> ApiKeyEntry:
     # A misspelt scope would silently grant nothing; refuse it so the operator notices.
     bad = sorted(set(scopes) - {*ALL_SCOPES, WILDCARD})
     if bad:
-        raise _EntryError(f"unknown scope {', '.join(map(repr, bad))}")
+        raise _EntryError(f"unknown scope {', '.join(map(repr, bad))}{removed_scope_hint(bad)}")
     rate_limit = raw.get("rate_limit")
     if rate_limit is not None:
         if not isinstance(rate_limit, str):

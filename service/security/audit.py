@@ -3,8 +3,9 @@
 `posture()` describes what the settings actually do (auth methods, CORS, rate limits,
 proxies, public paths, headers, limits) and `findings()` lists what is weak about them,
 each with a severity. Neither ever prints a secret: the JWT HMAC secret, the contents of
-its file, API key hashes, and the passwords that `rate_limit.storage_uri` and
-`database_url` may carry are reduced to a name, a path or a host:port.
+its file, API key hashes, the metrics token, and the passwords that
+`rate_limit.storage_uri`, `database_url` and URLs with userinfo or a query may carry are
+reduced to a name, a path, a host:port or set/unset.
 
 Adding a check: write a small `_check_…(settings) -> Iterable[Finding]` and append it to
 `CHECKS`.
@@ -153,12 +154,20 @@ def database_view(settings: Settings) -> dict[str, Any]:
 
 
 def _url_without_credentials(url: str) -> str:
+    """scheme://host:port/path: userinfo, query and fragment dropped (the query as `?…`)."""
     parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        # `user:pw@host:4318` parses as scheme `user` and path `pw@host:4318`.
+        return "(not a scheme://host URL)"
     try:
         netloc = _address(parts.hostname, parts.port) or ""
+        path = parts.path
     except ValueError:
-        netloc = "?"
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
+        # A malformed port: `user:p/w@host` splits a password across netloc and path.
+        netloc, path = "?", ""
+    if "@" in path:  # the rest of a userinfo the parser did not recognise as one
+        path = "/…"
+    shown = f"{parts.scheme}://{netloc}{path}"
     return shown + ("?…" if parts.query else "")
 
 
@@ -270,7 +279,26 @@ def posture(settings: Settings) -> dict[str, Any]:
             "workers": settings.server.workers,
         },
         "database": database_view(settings),
-        "metrics": {"public": settings.metrics.public},
+        "metrics": _metrics_posture(settings),
+        "telemetry": _telemetry_posture(settings),
+    }
+
+
+def _metrics_posture(settings: Settings) -> dict[str, Any]:
+    metrics = settings.metrics
+    return {
+        "enabled": metrics.enabled,
+        "token": metrics.token is not None,  # whether one is set; never its value
+        "port": metrics.port,
+        "public": metrics.public,
+    }
+
+
+def _telemetry_posture(settings: Settings) -> dict[str, Any]:
+    endpoint = settings.telemetry.otlp_endpoint
+    return {
+        # Collectors often take a token in the userinfo or the query: show neither.
+        "otlp_endpoint": _url_without_credentials(endpoint) if endpoint else None,
     }
 
 
@@ -578,9 +606,10 @@ def _check_stream_cap(settings: Settings) -> Iterable[Finding]:
 def _check_metrics(settings: Settings) -> Iterable[Finding]:
     if settings.metrics.public:
         yield Finding(
-            "warning", "metrics-public", "metrics.public",
-            "/metrics is served without credentials and reveals traffic, tenants' activity "
-            "and errors; set metrics.public = false and scrape with a metrics:read key.",
+            "warning", "metrics-public", "metrics.token",
+            "/metrics is readable without credentials by anyone who reaches the main port "
+            "and reveals traffic, tenants' activity and errors; make sure the proxy blocks "
+            "/metrics or set metrics.port / metrics.token.",
         )
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from service.security.api_keys import generate_key, hash_key, text_problem
+from service.security.api_keys import REMOVED_SCOPES, generate_key, hash_key, text_problem
 from service.security.principal import ALL_SCOPES, WILDCARD
 from service.settings.security import check_limit_string
 
@@ -55,7 +55,9 @@ def _scopes(values: Iterable[str] | None) -> list[str]:
     unknown = [t for t in tokens if t not in (*ALL_SCOPES, WILDCARD)]
     if unknown:
         allowed = ", ".join((*ALL_SCOPES, WILDCARD))
-        raise _InputError(f"unknown scope {unknown[0]!r} (allowed: {allowed})")
+        removed = REMOVED_SCOPES.get(unknown[0])
+        reason = f": {removed}" if removed else ""
+        raise _InputError(f"unknown scope {unknown[0]!r}{reason} (allowed: {allowed})")
     return sorted(set(tokens))
 
 

@@ -13,7 +13,8 @@ DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 def public_paths(settings: Settings) -> list[str]:
     """Paths answered without credentials."""
     paths = list(PROBE_PATHS)
-    if settings.metrics.public:
+    if settings.metrics.enabled:
+        # /metrics checks its own credential ([metrics] token) and port, not API keys.
         paths.append(METRICS_PATH)
     if settings.env == "development":
         # The interactive docs, so `make run` can be explored in a browser.

@@ -15,8 +15,7 @@ AuthMethod = Literal["api_key", "jwt", "anonymous"]
 THREADS_READ = "threads:read"
 THREADS_WRITE = "threads:write"
 RUNS_CREATE = "runs:create"
-METRICS_READ = "metrics:read"
-ALL_SCOPES = (THREADS_READ, THREADS_WRITE, RUNS_CREATE, METRICS_READ)
+ALL_SCOPES = (THREADS_READ, THREADS_WRITE, RUNS_CREATE)
 WILDCARD = "*"
 
 SCOPE_STATE_KEY = "principal"

@@ -21,12 +21,14 @@ from typing import Literal
 
 import anyio.to_thread
 import structlog
+from prometheus_client import Gauge
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from slowapi.wrappers import LimitGroup
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 
+from service.observability.metrics import Metrics
 from service.security.principal import principal_of
 from service.settings import RateLimitSettings
 
@@ -61,7 +63,8 @@ class PrincipalLimiter:
     """One slowapi `Limiter` whose limit is chosen per request."""
 
     def __init__(self, settings: RateLimitSettings, *, name: str,
-                 on_storage_error: Literal["memory", "open", "closed"]) -> None:
+                 on_storage_error: Literal["memory", "open", "closed"],
+                 backend_up: Gauge | None = None) -> None:
         uri = settings.storage_uri.get_secret_value()
         options: dict[str, float] = {}
         if settings.shared:
@@ -70,6 +73,7 @@ class PrincipalLimiter:
                        "socket_connect_timeout": settings.storage_timeout_s}
         self.name = name
         self.on_storage_error = on_storage_error
+        self.backend_up = backend_up
         # Shared storage does network I/O in a synchronous client: keep it off the loop.
         self.blocking = settings.shared
         self.limiter = Limiter(
@@ -106,15 +110,23 @@ class PrincipalLimiter:
         try:
             self.limiter._check_request_limit(request, None, True)
         except RateLimitExceeded:
+            self._report(up=not self.limiter._storage_dead)
             return Decision("limited", getattr(request.state, "view_rate_limit", None))
         except Exception as exc:  # the storage's own errors: redis, sockets, timeouts
             log.warning("ratelimit_backend_down", limiter=self.name, exc_type=type(exc).__name__,
                         policy=self.on_storage_error)
+            self._report(up=False)
             verdict: Verdict = "allowed" if self.on_storage_error == "open" else "unavailable"
             return Decision(verdict)
         finally:
             _current_limit.reset(token)
+        # With the memory fallback, slowapi answers from memory while the storage is down.
+        self._report(up=not self.limiter._storage_dead)
         return Decision("allowed", getattr(request.state, "view_rate_limit", None))
+
+    def _report(self, *, up: bool) -> None:
+        if self.backend_up is not None:
+            self.backend_up.set(1 if up else 0)
 
     async def headers(self, decision: Decision) -> dict[str, str]:
         """X-RateLimit-* (and Retry-After when limited) for a decision, if the storage answers."""
@@ -144,11 +156,14 @@ class PrincipalLimiter:
 class RateLimits:
     """The request and run limiters for one app, built in the lifespan."""
 
-    def __init__(self, settings: RateLimitSettings) -> None:
+    def __init__(self, settings: RateLimitSettings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.requests = PrincipalLimiter(settings, name="requests",
+        up = metrics.rate_limit_backend_up if metrics is not None else None
+        if up is not None:
+            up.set(1)  # until a call says otherwise
+        self.requests = PrincipalLimiter(settings, name="requests", backend_up=up,
                                          on_storage_error=settings.on_storage_error)
-        self.runs = PrincipalLimiter(settings, name="runs",
+        self.runs = PrincipalLimiter(settings, name="runs", backend_up=up,
                                      on_storage_error=settings.runs_on_storage_error)
 
     def request_limit(self, request: Request) -> str:

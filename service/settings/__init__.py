@@ -36,6 +36,7 @@ from service.settings.security import (
     JwtSettings,
     MetricsSettings,
     RateLimitSettings,
+    TelemetrySettings,
 )
 from service.settings.sources import CONFIG_FILE_VAR, SECRETS_DIR_VAR, ConfigError
 
@@ -60,6 +61,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StreamingSettings",
+    "TelemetrySettings",
     "describe_validation_error",
     "load_settings",
     "public_view",

@@ -30,6 +30,7 @@ from service.settings.security import (
     HttpSettings,
     MetricsSettings,
     RateLimitSettings,
+    TelemetrySettings,
 )
 from service.settings.sources import (
     CONFIG_FILE_VAR,
@@ -105,6 +106,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("graphs", mode="before")
     @classmethod

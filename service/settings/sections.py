@@ -136,3 +136,10 @@ class LoggingSettings(Section):
     """Log output."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines in production, readable console output in "
+        "development."
+    )
+    access_log: bool = Field(
+        True, description="One line per request and one per finished stream."
+    )

@@ -346,9 +346,49 @@ class HttpSettings(Section):
 
 
 class MetricsSettings(Section):
-    """Exposure of `/metrics`."""
+    """Prometheus `/metrics`: where it is served and who may read it."""
 
-    public: bool = Field(
-        False, description="Serve /metrics without credentials. Keep it off and scrape with "
-        "an API key, or block /metrics at the proxy and scrape the pod directly."
+    enabled: bool = Field(True, description="Serve /metrics and collect metrics.")
+    token: SecretStr | None = Field(
+        None, description="Require `Authorization: Bearer <token>` on /metrics (Prometheus: "
+        "`authorization.credentials_file`). Unset: no credentials, so keep /metrics off the "
+        "public vhost (the shipped nginx config does) or use `port`."
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics only on this extra port (same "
+        "host), for scraping from inside the network; the main port then answers 404."
+    )
+    multiprocess_dir: Path | None = Field(
+        None, description="Where gunicorn workers keep their metric files; default "
+        "$PROMETHEUS_MULTIPROC_DIR, else a fresh directory made at start. Emptied at start."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            weakness = secret_weakness(value.get_secret_value())
+            if weakness:
+                raise ValueError(weakness)
+        return value
+
+    @property
+    def public(self) -> bool:
+        """Readable by anyone who can reach the main port."""
+        return self.enabled and self.token is None and self.port is None
+
+
+class TelemetrySettings(Section):
+    """OpenTelemetry tracing; off unless an OTLP endpoint is configured."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces). "
+        "Unset: $OTEL_EXPORTER_OTLP_ENDPOINT or $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else off."
+    )
+    service_name: str = Field("graphgate", description="`service.name` resource attribute.")
+    resource_attributes: dict[str, str] = Field(
+        default_factory=dict, description="More resource attributes (deployment.environment…)."
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces sampled (parent-based)."
     )

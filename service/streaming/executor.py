@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.pregel import Pregel
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span
 
+from service.observability.tracing import run_span, set_run_outcome
 from service.persistence.checkpointer import STORAGE_ERRORS
 from service.persistence.leases import ThreadLeases
 from service.settings import RunSettings, StreamingSettings
@@ -32,6 +36,14 @@ StreamMode = Literal["values", "updates", "messages", "custom", "debug"]
 STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "messages", "custom", "debug")
 
 log = structlog.get_logger("graphgate.run")
+
+
+class RunObserver(Protocol):
+    """Told how runs and their nodes went (metrics, tracing); must not block."""
+
+    def run_finished(self, graph: str, outcome: str, seconds: float) -> None: ...
+
+    def node_finished(self, graph: str, node: str, seconds: float) -> None: ...
 
 # How long a cancelled run may take to unwind (cancel its nodes, flush its writes).
 CANCEL_GRACE_S = 10.0
@@ -116,7 +128,25 @@ class Run:
 
     async def produce(self, emit: Emit) -> None:
         """Run the graph, emitting events; returns normally unless cancelled."""
+        started = time.monotonic()
+        try:
+            await self._produce(emit)
+        finally:
+            observer = self._executor.observer
+            if observer is not None:
+                outcome = "cancelled" if self.outcome == "pending" else self.outcome
+                observer.run_finished(self.request.graph_name, outcome,
+                                      time.monotonic() - started)
+
+    async def _produce(self, emit: Emit) -> None:
         req = self.request
+        with run_span(self._executor.tracer_provider, graph=req.graph_name,
+                      thread_id=req.thread_id, run_id=self.run_id) as span:
+            await self._run(emit, span)
+
+    async def _run(self, emit: Emit, span: Span | None) -> None:
+        req = self.request
+        failure: Exception | None = None
         bound = log.bind(run_id=self.run_id, thread_id=req.thread_id, graph=req.graph_name,
                          request_id=req.request_id)
         emit(RunEvent("metadata", {"run_id": self.run_id, "thread_id": req.thread_id,
@@ -130,6 +160,7 @@ class Run:
                     try:
                         await self._stream(emit)
                     except Exception as exc:
+                        failure = exc
                         error = classify(exc)
                         bound.error("run_failed", error_code=error.code,
                                     exc_type=type(exc).__name__, exc_info=exc)
@@ -141,6 +172,8 @@ class Run:
             tg.cancel_scope.cancel()
         self.outcome = "success" if error is None else (
             "timeout" if error is TIMEOUT else "error")
+        set_run_outcome(span, self.outcome, error_code=error.code if error else None,
+                        exc=failure)
         # Free the thread before saying the run is over: a client that starts its next
         # turn the moment it sees `end` must not race our release and get a 409.
         with anyio.CancelScope(shield=True):
@@ -171,15 +204,38 @@ class Run:
 
     async def _consume(self, emit: Emit) -> None:
         req = self.request
+        observer = self._executor.observer
+        modes: list[Any] = list(req.stream_modes)
+        # Node timings come from LangGraph's task events; asked for only when observed,
+        # and passed on only if the client asked for them too.
+        timed = observer is not None and "tasks" not in modes
+        if timed:
+            modes.append("tasks")
+        started: dict[str, float] = {}
         stream: AsyncGenerator[Any, None] = req.graph.astream(  # type: ignore[assignment]
             req.input,
             self.config(),
-            stream_mode=list(req.stream_modes),
+            stream_mode=modes,
             durability=self._executor.run_settings.durability,
         )  # an async generator, though typed as an iterator
         async with contextlib.aclosing(stream):
             async for mode, chunk in stream:
+                if mode == "tasks" and observer is not None and isinstance(chunk, dict):
+                    self._time_task(observer, chunk, started)
+                    if timed:
+                        continue
                 emit(RunEvent(mode, chunk))
+
+    def _time_task(self, observer: RunObserver, task: dict[str, Any],
+                   started: dict[str, float]) -> None:
+        task_id = task.get("id")
+        if not isinstance(task_id, str):
+            return
+        if "triggers" in task:  # a task starting
+            started[task_id] = time.monotonic()
+        elif task_id in started and isinstance(task.get("name"), str):
+            observer.node_finished(self.request.graph_name, task["name"],
+                                   time.monotonic() - started.pop(task_id))
 
     async def _renew(self) -> bool | None:
         """True: renewed. False: someone else holds it now. None: the store did not answer."""
@@ -240,9 +296,12 @@ class RunExecutor:
     """Starts runs; shared by every API family."""
 
     def __init__(
-        self, leases: ThreadLeases, run_settings: RunSettings, streaming: StreamingSettings
+        self, leases: ThreadLeases, run_settings: RunSettings, streaming: StreamingSettings,
+        *, observer: RunObserver | None = None, tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.leases = leases
+        self.observer = observer
+        self.tracer_provider = tracer_provider
         self.run_settings = run_settings
         self.streaming = streaming
         # Started runs that still hold their thread's lease.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
 
 import anyio
 import structlog
@@ -54,6 +55,19 @@ EmitFrame = Callable[[bytes], None]
 Producer = Callable[[EmitFrame], Awaitable[None]]
 
 
+# How a stream ended, as the response saw it: the producer finished; the client hung
+# up; the client stopped reading (send timeout); or the server cancelled it (shutdown).
+Ending = Literal["completed", "client_disconnected", "send_timeout", "cancelled"]
+
+
+class StreamObserver(Protocol):
+    """Told about a stream's life (metrics, access logs); must not block."""
+
+    def heartbeat(self) -> None: ...
+
+    def closed(self, ending: Ending) -> None: ...
+
+
 class EventStreamResponse(Response):
     """Stream frames from `producer` as `text/event-stream`.
 
@@ -78,6 +92,7 @@ class EventStreamResponse(Response):
         headers: list[tuple[bytes, bytes]] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         send_timeout_s: float = 30.0,
+        observer: StreamObserver | None = None,
     ) -> None:
         # Response's own __init__ renders a body; a stream has none, so set its fields.
         self.producer = producer
@@ -85,6 +100,8 @@ class EventStreamResponse(Response):
         self.raw_headers = [*SSE_HEADERS, *(headers or [])]
         self.on_close = on_close
         self.send_timeout_s = send_timeout_s
+        self.observer = observer
+        self.ending: Ending = "cancelled"
         self.status_code = 200
         self.background: BackgroundTask | None = None
 
@@ -103,15 +120,20 @@ class EventStreamResponse(Response):
             # Only a stream that ran to its end gets the final chunk: after a disconnect
             # there is no one to send it to, and after a send timeout it would block too.
             if completed:
+                self.ending = "completed"
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif self.ending != "client_disconnected":
+                self.ending = "send_timeout"
         except* OSError:
             # The client went away while we were writing (servers on ASGI spec 2.4 raise
             # here); the task group has already cancelled the run.
-            pass
+            self.ending = "client_disconnected"
         finally:
             if self.on_close is not None:
                 with anyio.CancelScope(shield=True):
                     await self.on_close()
+            if self.observer is not None:
+                self.observer.closed(self.ending)
 
     async def _produce(self, sender: MemoryObjectSendStream[bytes]) -> None:
         def emit_frame(frame: bytes) -> None:
@@ -134,16 +156,18 @@ class EventStreamResponse(Response):
                     except anyio.EndOfStream:
                         return True
                 body = HEARTBEAT if frame is None else frame
+                if frame is None and self.observer is not None:
+                    self.observer.heartbeat()
                 with anyio.move_on_after(self.send_timeout_s) as sending:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 if sending.cancelled_caught:
                     log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
                     return False
 
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                self.ending = "client_disconnected"
                 scope.cancel()
                 return

@@ -42,6 +42,15 @@ def message_payload(message: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def is_token(event: RunEvent) -> bool:
+    """A `messages` event carrying model output text (what "first token" measures)."""
+    if event.event != "messages":
+        return False
+    message = event.data[0] if isinstance(event.data, tuple) else None
+    return (isinstance(message, BaseMessage) and message.type in ("ai", "AIMessageChunk")
+            and bool(message.content))
+
+
 class V1EventEncoder:
     """Turns one run's events into SSE frames with ids increasing from 1."""
 

@@ -263,6 +263,11 @@ BAD_FILES = {
     "control char": (GOOD.replace('name = "ci"', 'name = "c\\u001bi"'), "name must not contain"),
     "scopes not list": (GOOD.replace('["threads:read"]', '"threads:read"'), "scopes must be"),
     "unknown scope": (GOOD.replace('"threads:read"', '"thread:read"'), "unknown scope"),
+    # /metrics has its own [metrics] token now; a key granting metrics:read is refused.
+    "removed metrics scope": (
+        GOOD.replace('["threads:read"]', '["threads:read", "metrics:read"]'),
+        "unknown scope 'metrics:read' (/metrics no longer takes API keys; see [metrics] token",
+    ),
     "bad rate limit": (GOOD + 'rate_limit = "lots"\n', "rate_limit 'lots' is not a rate"),
     "naive expiry": (GOOD + "expires_at = 2030-01-01T00:00:00\n", "needs a timezone"),
     "naive expiry string": (GOOD + 'expires_at = "2030-01-01T00:00:00"\n', "needs a timezone"),
@@ -344,7 +349,7 @@ def test_cli_round_trip_through_keys_file(tmp_path: Path,
     """create → append the printed entry to a keys file → load → the key verifies."""
     path = write(tmp_path, entry_toml(generate_key()[1]))
     key, block = created_key(capsys, "--tenant", 'Acme "EU" \\ Ltd', "--name", "ci bot",
-                             "--scopes", "threads:read,runs:create", "metrics:read",
+                             "--scopes", "threads:read,runs:create", "threads:write",
                              "--rate-limit", "100/minute;1000/hour",
                              "--expires-at", "2999-01-01T00:00:00+02:00")
     assert SCANNER_PATTERN.fullmatch(key)
@@ -352,7 +357,7 @@ def test_cli_round_trip_through_keys_file(tmp_path: Path,
     (entry,) = tomllib.loads(block)["keys"]
     assert entry == {
         "id": key.split("_")[1], "hash": hash_key(key), "tenant": 'Acme "EU" \\ Ltd',
-        "name": "ci bot", "scopes": ["metrics:read", "runs:create", "threads:read"],
+        "name": "ci bot", "scopes": ["runs:create", "threads:read", "threads:write"],
         "rate_limit": "100/minute;1000/hour",
         "expires_at": datetime(2999, 1, 1, tzinfo=UTC) + timedelta(hours=-2),
     }
@@ -360,7 +365,7 @@ def test_cli_round_trip_through_keys_file(tmp_path: Path,
         file.write("\n" + block)
     principal = KeyStore.load(path).verify(key)
     assert principal.tenant == 'Acme "EU" \\ Ltd' and principal.key_id == key.split("_")[1]
-    assert principal.scopes == {"metrics:read", "runs:create", "threads:read"}
+    assert principal.scopes == {"runs:create", "threads:read", "threads:write"}
     assert principal.rate_limit == "100/minute;1000/hour"
 
 
@@ -381,6 +386,8 @@ def test_cli_wildcard(capsys: pytest.CaptureFixture[str]) -> None:
     (["--tenant", "", "--name", "n"], "--tenant must not be empty"),
     (["--tenant", "t", "--name", "a\nb"], "--name must not contain"),
     (["--tenant", "t", "--name", "n", "--scopes", "threads:delete"], "unknown scope"),
+    (["--tenant", "t", "--name", "n", "--scopes", "threads:read", "metrics:read"],
+     "unknown scope 'metrics:read': /metrics no longer takes API keys"),
     (["--tenant", "t", "--name", "n", "--scopes", ","], "at least one scope"),
     (["--tenant", "t", "--name", "n", "--rate-limit", "fast"], "--rate-limit"),
     (["--tenant", "t", "--name", "n", "--expires-at", "2030-01-01T00:00:00"], "timezone"),

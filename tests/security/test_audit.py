@@ -32,6 +32,9 @@ PRODUCTION_EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" /
 JWT_SECRET = "Zq8vN3xL0pR7tY2wK5mB9cF4hJ6gD1sA-uE_iO"  # strong: passes secret_weakness
 REDIS_PASSWORD = "r3dis-Pa55word"
 PG_PASSWORD = "pg-S3cret-Pw"
+METRICS_TOKEN = "mT9xQ2vL7pR4wZ8nB3cH6jD1fG5yK0s-aE_uI"  # strong: passes secret_weakness
+# The baseline serves /metrics on its own port; without it /metrics is public on the main port.
+PUBLIC_METRICS: dict[str, Any] = {"metrics": {"port": None}}
 FUTURE = datetime.now(UTC) + timedelta(days=365)
 PAST = datetime.now(UTC) - timedelta(days=1)
 
@@ -68,7 +71,7 @@ def keys_file(tmp_path: Path) -> Path:
         tmp_path / "keys.toml",
         [
             {"id": "ci-bot", "scopes": ["runs:create", "threads:read"], "expires_at": FUTURE},
-            {"id": "scraper", "scopes": ["metrics:read"], "expires_at": FUTURE,
+            {"id": "reader", "scopes": ["threads:read"], "expires_at": FUTURE,
              "rate_limit": "10/minute"},
         ],
     )
@@ -108,6 +111,7 @@ def secure(keys_file: Path) -> Secure:
         "rate_limit": {"storage_uri": "redis://redis.internal:6379/0"},
         "cors": {"allow_origins": ["https://app.example.com"]},
         "http": {"hsts_max_age_s": 31_536_000, "allowed_hosts": ["api.example.com"]},
+        "metrics": {"port": 9464},
     }
 
     def build(**changes: Any) -> Settings:
@@ -151,6 +155,9 @@ def test_production_example_loads_as_documented(production: Settings) -> None:
     assert production.http.hsts_max_age_s == 31_536_000
     assert production.http.allowed_hosts == ["api.example.com"]
     assert production.database_kind == "postgres"
+    assert production.metrics.enabled and production.metrics.port == 9464
+    assert production.metrics.token is None
+    assert not production.metrics.public  # the main port answers 404 for /metrics
 
 
 def test_production_example_names_the_documented_keys_file(
@@ -176,6 +183,8 @@ def test_production_example_passes_strict(production: Settings, fmt: str) -> Non
         assert document["summary"]["critical"] == 0
         assert document["summary"]["warning"] == 0
         assert document["posture"]["env"] == "production"
+        assert document["posture"]["metrics"] == {
+            "enabled": True, "token": False, "port": 9464, "public": False}
     else:
         assert "0 critical, 0 warning" in text
 
@@ -206,13 +215,13 @@ def test_posture_of_the_secure_baseline(secure: Secure) -> None:
     auth = view["auth"]
     assert auth["enabled"] is True
     assert auth["methods"] == ["api_key", "jwt"]
-    assert [key["id"] for key in auth["api_keys"]["keys"]] == ["ci-bot", "scraper"]
-    scraper = auth["api_keys"]["keys"][1]
-    assert scraper == {
-        "id": "scraper",
+    assert [key["id"] for key in auth["api_keys"]["keys"]] == ["ci-bot", "reader"]
+    reader = auth["api_keys"]["keys"][1]
+    assert reader == {
+        "id": "reader",
         "tenant": "acme",
         "name": "a key",
-        "scopes": ["metrics:read"],
+        "scopes": ["threads:read"],
         "expires_at": FUTURE.replace(microsecond=0).isoformat(),
         "rate_limit": "10/minute",
     }
@@ -225,7 +234,8 @@ def test_posture_of_the_secure_baseline(secure: Secure) -> None:
     assert jwt["max_token_age_s"] == 86_400
     assert jwt["claims"]["tenant"] == "tenant"
     assert auth["share_threads_within_tenant"] is False
-    assert view["public_paths"] == ["/healthz", "/readyz"]
+    # /metrics skips API-key/JWT auth (it checks its own token and port).
+    assert view["public_paths"] == ["/healthz", "/readyz", "/metrics"]
     assert view["rate_limit"]["storage"] == {
         "kind": "redis", "scheme": "redis", "address": "redis.internal:6379"
     }
@@ -241,17 +251,41 @@ def test_posture_of_the_secure_baseline(secure: Secure) -> None:
     assert view["database"] == {
         "kind": "postgres", "address": "db.internal:5432", "database": "graphgate"
     }
-    assert view["metrics"] == {"public": False}
+    assert view["metrics"] == {"enabled": True, "token": False, "port": 9464, "public": False}
+    assert view["telemetry"] == {"otlp_endpoint": None}
 
 
-def test_public_metrics_is_a_public_path(secure: Secure) -> None:
-    """metrics.public adds /metrics to the public paths."""
-    assert posture(secure(metrics={"public": True}))["public_paths"] == [
-        "/healthz", "/readyz", "/metrics"
-    ]
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({"port": 9464}, {"enabled": True, "token": False, "port": 9464, "public": False}),
+    ({"port": None}, {"enabled": True, "token": False, "port": None, "public": True}),
+    ({"port": None, "token": METRICS_TOKEN},
+     {"enabled": True, "token": True, "port": None, "public": False}),
+    ({"port": 9464, "token": METRICS_TOKEN},
+     {"enabled": True, "token": True, "port": 9464, "public": False}),
+    ({"port": None, "enabled": False},
+     {"enabled": False, "token": False, "port": None, "public": False}),
+])
+def test_metrics_posture(
+    secure: Secure, metrics: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """enabled, whether a token is set (never its value), the port, and whether it is public."""
+    view = posture(secure(metrics=metrics))
+    assert view["metrics"] == expected
+    assert ("/metrics" in view["public_paths"]) == expected["enabled"]
 
 
-@pytest.mark.parametrize(("env", "metrics_public", "expected"), [
+@pytest.mark.parametrize("metrics", [
+    {"port": 9464}, {"port": None, "token": METRICS_TOKEN}, {"port": None, "enabled": False},
+])
+def test_metrics_behind_a_port_or_token_or_off_is_not_reported(
+    secure: Secure, metrics: dict[str, Any]
+) -> None:
+    """Only /metrics readable on the main port without a token is a finding."""
+    found = findings(secure(metrics=metrics, server={"trusted_proxies": []}))
+    assert not {"metrics-public", "ip-limits-without-proxies"} & {f.code for f in found}
+
+
+@pytest.mark.parametrize(("env", "metrics_enabled", "expected"), [
     ("production", False, ["/healthz", "/readyz"]),
     ("production", True, ["/healthz", "/readyz", "/metrics"]),
     ("development", False,
@@ -261,10 +295,10 @@ def test_public_metrics_is_a_public_path(secure: Secure) -> None:
       "/redoc"]),
 ])
 def test_public_paths_are_the_apps(
-    secure: Secure, env: str, metrics_public: bool, expected: list[str]
+    secure: Secure, env: str, metrics_enabled: bool, expected: list[str]
 ) -> None:
     """The audit lists what the app serves without credentials: the docs in development too."""
-    settings = secure(env=env, metrics={"public": metrics_public})
+    settings = secure(env=env, metrics={"enabled": metrics_enabled})
     assert posture(settings)["public_paths"] == expected
     assert posture(settings)["public_paths"] == public_paths(settings)  # the app's own list
     assert set(DOCS_PATHS).isdisjoint(expected) == (env == "production")
@@ -402,7 +436,7 @@ WEAK_CASES = [
                          "server": {"trusted_proxies": []}}),
                  "ip-limits-without-proxies", "warning", "server.trusted_proxies",
                  id="ip-limits-auth-off"),
-    pytest.param(_fixed({"metrics": {"public": True}, "server": {"trusted_proxies": []}}),
+    pytest.param(_fixed({**PUBLIC_METRICS, "server": {"trusted_proxies": []}}),
                  "ip-limits-without-proxies", "warning", "server.trusted_proxies",
                  id="ip-limits-public-metrics"),
     pytest.param(_fixed({"rate_limit": {"storage_uri": "memory://"}}),
@@ -416,8 +450,8 @@ WEAK_CASES = [
     pytest.param(_fixed({"rate_limit": {"max_concurrent_streams": 0}}),
                  "streams-uncapped", "warning", "rate_limit.max_concurrent_streams",
                  id="streams-uncapped"),
-    pytest.param(_fixed({"metrics": {"public": True}}),
-                 "metrics-public", "warning", "metrics.public", id="metrics-public"),
+    pytest.param(_fixed(PUBLIC_METRICS),
+                 "metrics-public", "warning", "metrics.token", id="metrics-public"),
     pytest.param(_fixed({"http": {"hsts_max_age_s": 0}}),
                  "hsts-off", "warning", "http.hsts_max_age_s", id="hsts-off"),
     pytest.param(_fixed({"http": {"security_headers": False}}),
@@ -459,7 +493,7 @@ def test_weak_setting_is_reported_and_fails_strict(
 
 def test_warnings_alone_pass_without_strict(secure: Secure) -> None:
     """Warnings alone exit 0 without --strict."""
-    found = findings(secure(metrics={"public": True}, rate_limit={"max_concurrent_streams": 0}))
+    found = findings(secure(**PUBLIC_METRICS, rate_limit={"max_concurrent_streams": 0}))
     assert {f.severity for f in found} == {"warning"}
     assert exit_code(found, strict=False) == 0
 
@@ -517,7 +551,7 @@ def test_memory_storage_with_one_worker_is_fine(secure: Secure) -> None:
 
 
 def test_ip_limits_need_no_proxies_when_nothing_is_anonymous(secure: Secure) -> None:
-    """With auth on and /metrics private, empty trusted_proxies is not a finding."""
+    """With auth on and /metrics off the main port, empty trusted_proxies is not a finding."""
     found = findings(secure(server={"trusted_proxies": []}))
     assert "ip-limits-without-proxies" not in {f.code for f in found}
 
@@ -639,7 +673,7 @@ def test_exit_code(severities: list[Any], strict: bool, expected: int) -> None:
 
 def test_render_json_shape(secure: Secure) -> None:
     """JSON output has posture, findings and a summary whose counts match."""
-    settings = secure(metrics={"public": True}, http={"allowed_hosts": []})
+    settings = secure(**PUBLIC_METRICS, http={"allowed_hosts": []})
     found = findings(settings)
     document = json.loads(render_json(posture(settings), found))
     assert set(document) == {"posture", "findings", "summary"}
@@ -647,14 +681,14 @@ def test_render_json_shape(secure: Secure) -> None:
         s: sum(f.severity == s for f in found) for s in ("critical", "warning", "info")
     }
     assert document["findings"][0] == {
-        "severity": "warning", "code": "metrics-public", "setting": "metrics.public",
+        "severity": "warning", "code": "metrics-public", "setting": "metrics.token",
         "message": found[0].message,
     }
 
 
 def test_render_text_lists_posture_and_findings(secure: Secure) -> None:
     """Text output shows the key settings, each finding and a summary line."""
-    settings = secure(metrics={"public": True})
+    settings = secure(**PUBLIC_METRICS)
     text = render_text(posture(settings), findings(settings))
     assert "methods: api_key, jwt" in text
     assert "id=ci-bot, tenant=acme" in text
@@ -662,7 +696,8 @@ def test_render_text_lists_posture_and_findings(secure: Secure) -> None:
     assert "trusted_proxies: 10.0.0.10" in text
     assert "address: redis.internal:6379" in text
     assert "public_paths: /healthz, /readyz, /metrics" in text
-    assert "WARNING  metrics-public (metrics.public):" in text
+    assert "WARNING  metrics-public (metrics.token):" in text
+    assert "metrics.port / metrics.token" in text
     assert text.rstrip().endswith("0 critical, 1 warning, 0 info")
 
 
@@ -714,6 +749,46 @@ def test_jwks_url_credentials_never_appear(secure: Secure, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("port", [None, 9464])
+def test_metrics_token_never_appears(secure: Secure, fmt: str, port: int | None) -> None:
+    """The metrics token is shown as set (true / yes), never as its value."""
+    settings = secure(metrics={"token": METRICS_TOKEN, "port": port})
+    code, text = output_of(settings, fmt)
+    assert code == 0
+    assert METRICS_TOKEN not in text
+    if fmt == "json":
+        assert json.loads(text)["posture"]["metrics"]["token"] is True
+    else:
+        assert "    token: yes" in text
+
+
+@pytest.mark.parametrize(("endpoint", "shown"), [
+    ("http://otel-collector:4318/v1/traces", "http://otel-collector:4318/v1/traces"),
+    (f"https://svc:{PG_PASSWORD}@otel.example.com/v1/traces?api-key={REDIS_PASSWORD}",
+     "https://otel.example.com/v1/traces?…"),
+    (f"https://{PG_PASSWORD}@otel.example.com:4318/v1/traces#{REDIS_PASSWORD}",
+     "https://otel.example.com:4318/v1/traces"),
+    (f"https://svc:{PG_PASSWORD[:3]}/{PG_PASSWORD[3:]}@otel.example.com/v1/traces",
+     "https://?"),
+    (f"svc:{PG_PASSWORD}@otel.example.com:4318", "(not a scheme://host URL)"),
+])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_telemetry_endpoint_is_shown_without_credentials(
+    secure: Secure, fmt: str, endpoint: str, shown: str
+) -> None:
+    """The OTLP endpoint is shown as scheme://host:port/path; userinfo and query are not."""
+    settings = secure(telemetry={"otlp_endpoint": endpoint})
+    assert posture(settings)["telemetry"] == {"otlp_endpoint": shown}
+    _, text = output_of(settings, fmt)
+    assert PG_PASSWORD not in text and PG_PASSWORD[3:] not in text
+    assert REDIS_PASSWORD not in text
+    if fmt == "json":
+        assert json.loads(text)["posture"]["telemetry"]["otlp_endpoint"] == shown
+    else:
+        assert f"otlp_endpoint: {shown}" in text
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
 def test_key_hashes_never_appear(secure: Secure, tmp_path: Path, fmt: str) -> None:
     """Key ids, tenants and scopes are listed; their hashes never are."""
     path, hashes = write_keys(
@@ -726,6 +801,18 @@ def test_key_hashes_never_appear(secure: Secure, tmp_path: Path, fmt: str) -> No
     for digest in hashes:
         assert digest.removeprefix("sha256:") not in text
     assert "sha256:" not in text
+
+
+def test_keys_file_with_the_removed_metrics_scope_is_critical(
+    secure: Secure, tmp_path: Path
+) -> None:
+    """metrics:read is gone (/metrics has its own token), so a key still listing it is refused."""
+    path, _ = write_keys(tmp_path / "k.toml",
+                         [{"id": "scraper", "scopes": ["metrics:read"], "expires_at": FUTURE}])
+    found = [f for f in findings(secure(auth={"api_keys_file": path}))
+             if f.code == "api-keys-unloadable"]
+    assert [f.severity for f in found] == ["critical"]
+    assert "unknown scope 'metrics:read'" in found[0].message
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,13 @@ from service.settings import Settings
 from tests.support.ports import free_port
 
 
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 class ThreadServer:
     """uvicorn on a free loopback port, serving create_app(settings) from a thread."""
 
@@ -34,7 +42,13 @@ class ThreadServer:
                                 log_config=None, timeout_graceful_shutdown=3,
                                 proxy_headers=False, server_header=False)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        sockets = [config.bind_socket()]
+        self.metrics_url = None
+        if settings.metrics.enabled and settings.metrics.port is not None:
+            # As `graphgate serve` does: one app on the main and the metrics listener.
+            sockets.append(_listen(settings.metrics.port))
+            self.metrics_url = f"http://127.0.0.1:{settings.metrics.port}"
+        self.thread = threading.Thread(target=self.server.run, args=(sockets,), daemon=True)
 
     def start(self) -> ThreadServer:
         self.thread.start()
