@@ -20,6 +20,7 @@ from service.api import metrics as metrics_api
 from service.errors import install_error_handlers
 from service.graphs.loader import load_graphs
 from service.lifecycle import Lifecycle
+from service.middleware.access_log import AccessLogMiddleware
 from service.middleware.allowed_hosts import AllowedHostsMiddleware
 from service.middleware.authentication import AUTHENTICATOR_STATE_KEY, AuthenticationMiddleware
 from service.middleware.body_limit import BodySizeLimitMiddleware
@@ -175,6 +176,11 @@ def middleware_stack(settings: Settings, metrics: Metrics,
         # proxy; everything after (logs, anonymous rate limits) sees the real client.
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies),
     ]
+    if settings.logging.access_log:
+        # One line per request or finished stream. Inside request id (the line carries
+        # it) and proxy headers (the real client ip); outside everything that can refuse,
+        # so 400s, 401s, 413s and 429s get a line too.
+        stack.append(Middleware(AccessLogMiddleware))
     if settings.metrics.enabled and settings.metrics.port is not None:
         # The scrape port serves /metrics (and probes) only, never the API.
         stack.append(Middleware(MetricsListenerMiddleware, port=settings.metrics.port))

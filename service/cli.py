@@ -101,9 +101,10 @@ def _listen(host: str, port: int) -> socket.socket:
 def _serve(settings: Settings) -> int:
     from service.app import announce_development_key, needs_development_key
     from service.observability.logging import configure_logging
+    from service.observability.tracing import add_trace_ids
     from service.security.api_keys import generate_key
 
-    configure_logging(settings)
+    configure_logging(settings, extra_processors=[add_trace_ids])
     development_key = None
     if needs_development_key(settings):
         # Made once here, before gunicorn forks, so every worker accepts the same key.

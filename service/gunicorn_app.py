@@ -53,7 +53,8 @@ class GraphgateGunicorn(BaseApplication):  # type: ignore[misc]
         # created per worker, never shared across a fork.
         from service.app import create_app
         from service.observability.logging import configure_logging
+        from service.observability.tracing import add_trace_ids
 
-        configure_logging(self.settings)
+        configure_logging(self.settings, extra_processors=[add_trace_ids])
         return create_app(self.settings, development_key=self.development_key,
                           api_keys=self.api_keys)

@@ -78,6 +78,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "proc_name": "graphgate",
         "accesslog": None,
+        # The master's own lines ("Booting worker"…) in graphgate's log format too.
+        "logger_class": "service.observability.logging.GunicornLogger",
         "errorlog": "-",
         "loglevel": settings.logging.level.lower(),
     }

@@ -4,8 +4,8 @@ prometheus_client picks how it stores values when it is first imported: with
 PROMETHEUS_MULTIPROC_DIR set, every worker writes them to files there. So the CLI calls
 `prepare_multiprocess_dir` before anything imports prometheus_client (user graphs might),
 and gunicorn's master marks each exited worker dead so its live gauges stop counting.
-Importing this module imports prometheus_client: the CLI imports it only after the
-directory is set. Nothing here runs at import time.
+Importing this module must not import prometheus_client (the CLI imports it to set the
+directory), so every function imports it itself. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -62,6 +57,13 @@ def new_registry() -> CollectorRegistry:
     In one process it also carries the process and platform collectors; in multiprocess
     mode those would describe only the scraped worker, so they are left out.
     """
+    from prometheus_client import (
+        CollectorRegistry,
+        PlatformCollector,
+        ProcessCollector,
+        disable_created_metrics,
+    )
+
     # `_created` series double the series count and are absent in multiprocess mode
     # anyway; one behaviour in both modes (a process-wide prometheus_client switch).
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -74,6 +76,8 @@ def new_registry() -> CollectorRegistry:
 
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The text exposition for `/metrics`: all workers' values in multiprocess mode."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
     if multiprocess_dir():
         from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -439,11 +439,15 @@ def _record_exception_type(span: Span, exc: BaseException) -> None:
 
 
 def current_trace_ids() -> tuple[str, str] | None:
-    """(trace id, 32 hex; span id, 16 hex) of the current span, if one is recording."""
-    span = trace.get_current_span()
-    if not span.is_recording():
+    """(trace id, 32 hex; span id, 16 hex) of the current span, if it is sampled.
+
+    Sampled rather than recording: the server span ends with the last byte of the
+    response, just before the request's access line is written, and that line must still
+    name it.
+    """
+    ctx = trace.get_current_span().get_span_context()
+    if not (ctx.is_valid and ctx.trace_flags.sampled):
         return None
-    ctx = span.get_span_context()
     return trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
 
 

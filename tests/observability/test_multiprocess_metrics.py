@@ -108,6 +108,11 @@ def workers(server: ProcessServer, multiproc_dir: Path) -> set[int]:
     return eventually(booted, bool, "two workers with metric files")
 
 
+def fresh_connections() -> httpx.Client:
+    """A client that opens a new connection for every request, so both workers get some."""
+    return httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def scrape(server: ProcessServer) -> Series:
     # A new connection every time: either worker may answer.
     response = httpx.get(server.url + "/metrics", timeout=10)
@@ -143,12 +148,16 @@ def promtool_check(text: str) -> None:
 
 @contextlib.contextmanager
 def running(server: ProcessServer) -> Iterator[ProcessServer]:
-    server.start()
+    """The server, started; stopped with SIGTERM afterwards, which must exit 0."""
     try:
+        server.start()
         yield server
-    finally:
-        code = server.stop(signal.SIGTERM)
-        assert code == 0, server.output()
+    except BaseException:
+        if server.proc is not None:
+            server.stop(signal.SIGTERM)
+        raise
+    code = server.stop(signal.SIGTERM)
+    assert code == 0, server.output()
 
 
 def test_fresh_dir_and_totals_summed_across_workers(tmp_path: Path) -> None:
@@ -167,12 +176,13 @@ def test_fresh_dir_and_totals_summed_across_workers(tmp_path: Path) -> None:
         assert file_pids(multiproc_dir) == pids
 
         before = total(scrape(server), REQUESTS, **HEALTHZ)
-        for _ in range(40):
-            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
-        for n in range(10):
-            response = httpx.post(server.url + "/v1/chat", timeout=30,
-                                  json={"message": "hi", "thread_id": f"sum-{n}"})
-            assert response.status_code == 200, response.text
+        with fresh_connections() as client:
+            for _ in range(40):
+                assert client.get(server.url + "/healthz").status_code == 200
+            for n in range(10):
+                response = client.post(server.url + "/v1/chat",
+                                       json={"message": "hi", "thread_id": f"sum-{n}"})
+                assert response.status_code == 200, response.text
 
         per_worker = {pid: worker_series(multiproc_dir, pid) for pid in pids}
         chats = {pid: total(series, REQUESTS, **CHAT) for pid, series in per_worker.items()}
@@ -237,8 +247,9 @@ def test_dead_worker_gauges_are_dropped_and_counters_kept(tmp_path: Path) -> Non
                                cwd=tmp_path)) as server:
         assert server.proc is not None
         pids = workers(server, multiproc_dir)
-        for _ in range(20):
-            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+        with fresh_connections() as client:
+            for _ in range(20):
+                assert client.get(server.url + "/healthz").status_code == 200
         healthz_before = total(scrape(server), REQUESTS, **HEALTHZ)
 
         with slow_run(server.url, "doomed"):
@@ -289,10 +300,15 @@ def test_restart_starts_counters_from_zero(tmp_path: Path) -> None:
     env = server_env(tmp_path, multiproc_dir)
     with running(ProcessServer(env, "--workers", "2", cwd=tmp_path)) as first:
         old_pids = workers(first, multiproc_dir)
-        for n in range(5):
-            assert httpx.post(first.url + "/v1/chat", json={"message": "hi"},
-                              timeout=30).status_code == 200
-        assert total(scrape(first), REQUESTS, **CHAT) == 5
+        with fresh_connections() as client:
+            for _ in range(5):
+                assert client.post(first.url + "/v1/chat",
+                                   json={"message": "hi"}).status_code == 200
+            for _ in range(20):
+                assert client.get(first.url + "/healthz").status_code == 200
+        series = scrape(first)
+        assert total(series, REQUESTS, **CHAT) == 5
+        assert total(series, REQUESTS, **HEALTHZ) > 20
     # Stopped: its workers' files are still there, and would be summed if not wiped.
     assert old_pids <= file_pids(multiproc_dir)
 
@@ -302,7 +318,7 @@ def test_restart_starts_counters_from_zero(tmp_path: Path) -> None:
         assert all(not worker_files(multiproc_dir, pid) for pid in old_pids)
         series = scrape(second)
         assert total(series, REQUESTS, **CHAT) == 0
-        assert total(series, REQUESTS, **HEALTHZ) < 5  # only the start-up probe(s)
+        assert total(series, REQUESTS, **HEALTHZ) < 20  # only the start-up probe(s)
         assert httpx.post(second.url + "/v1/chat", json={"message": "hi"},
                           timeout=30).status_code == 200
         assert total(scrape(second), REQUESTS, **CHAT) == 1
@@ -353,15 +369,19 @@ def test_unmatched_paths_add_no_series(tmp_path: Path) -> None:
     multiproc_dir = tmp_path / "metrics"
     with running(ProcessServer(server_env(tmp_path, multiproc_dir), "--workers", "2",
                                cwd=tmp_path)) as server:
-        workers(server, multiproc_dir)
+        pids = workers(server, multiproc_dir)
         assert httpx.get(server.url + "/warm-up", timeout=10).status_code == 404
         scrape(server)  # so GET /metrics has its series too
         before = set(scrape(server))
 
         tokens = [uuid.uuid4().hex for _ in range(300)]
-        for n, token in enumerate(tokens):
-            path = f"/{token}" if n % 3 else f"/v1/{token}/x/{n}?q={token}"
-            assert httpx.get(server.url + path, timeout=10).status_code == 404
+        with fresh_connections() as client:
+            for n, token in enumerate(tokens):
+                path = f"/{token}" if n % 3 else f"/v1/{token}/x/{n}?q={token}"
+                assert client.get(server.url + path).status_code == 404
+        per_worker = [total(worker_series(multiproc_dir, pid), REQUESTS, route="unmatched")
+                      for pid in pids]
+        assert sum(per_worker) == 301 and min(per_worker) > 0, per_worker
 
         response = httpx.get(server.url + "/metrics", timeout=10)
         after = set(parse_exposition(response.text))

@@ -104,14 +104,21 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(self.proc, timeout_s)
+        except BaseException:
+            self.stop()  # never leave it running when the caller gets no handle to stop it
+            raise
+        return self
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n"
-                                   f"{self.output()}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return self
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
