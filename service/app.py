@@ -170,12 +170,13 @@ def middleware_stack(settings: Settings, metrics: Metrics,
         # Request id first, so every response (errors, 401s, 413s, 429s included) carries
         # it and every log line of the request is bound to it.
         Middleware(RequestIdMiddleware),
-        # Then metrics, outside everything that can refuse, so refusals are counted.
-        Middleware(PrometheusMiddleware, metrics=metrics, routes=route_templates),
         # The client address, from X-Forwarded-For only when the socket peer is a trusted
         # proxy; everything after (logs, anonymous rate limits) sees the real client.
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies),
     ]
+    if settings.metrics.enabled:
+        # Metrics outside everything that can refuse, so refusals are counted too.
+        stack.append(Middleware(PrometheusMiddleware, metrics=metrics, routes=route_templates))
     if settings.logging.access_log:
         # One line per request or finished stream. Inside request id (the line carries
         # it) and proxy headers (the real client ip); outside everything that can refuse,

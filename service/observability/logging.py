@@ -118,14 +118,40 @@ def configure_logging(
             *pre,
             structlog.processors.StackInfoRenderer(),
             *post,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
         ],
         # Calls below the level return at once, before any processing.
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        # graphgate's own events are written straight to the stream: the stdlib route
+        # (two LogRecords and a formatter per line) cost several times more per line.
+        # The handler's lock keeps lines from both routes whole.
+        logger_factory=_NamedWriteLoggerFactory(stream, handler.lock),
         # Module-level loggers pick up a reconfiguration (tests, gunicorn workers).
         cache_logger_on_first_use=False,
     )
+
+
+class _NamedWriteLogger:
+    """Writes rendered lines to the stream; carries its name for `add_logger_name`."""
+
+    def __init__(self, stream: TextIO, lock: Any, name: str) -> None:
+        self.stream, self.lock, self.name = stream, lock, name
+
+    def msg(self, message: str) -> None:
+        with self.lock:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _NamedWriteLoggerFactory:
+    def __init__(self, stream: TextIO, lock: Any) -> None:
+        self.stream, self.lock = stream, lock
+
+    def __call__(self, *args: Any) -> _NamedWriteLogger:
+        name = args[0] if args and isinstance(args[0], str) else "graphgate"
+        return _NamedWriteLogger(self.stream, self.lock, name)
 
 
 def _stack_text(logger: Any, method: str, event: EventDict) -> EventDict:
