@@ -181,7 +181,7 @@ def middleware_stack(settings: Settings, metrics: Metrics,
         # One line per request or finished stream. Inside request id (the line carries
         # it) and proxy headers (the real client ip); outside everything that can refuse,
         # so 400s, 401s, 413s and 429s get a line too.
-        stack.append(Middleware(AccessLogMiddleware))
+        stack.append(Middleware(AccessLogMiddleware, route_of=route_templates))
     if settings.metrics.enabled and settings.metrics.port is not None:
         # The scrape port serves /metrics (and probes) only, never the API.
         stack.append(Middleware(MetricsListenerMiddleware, port=settings.metrics.port))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import platform
 import signal
@@ -89,6 +90,30 @@ def _preflight(settings: Settings) -> None:
     asyncio.run(migrate())
 
 
+def _prepare_metrics(settings: Settings) -> None:
+    """Before anything imports prometheus_client (the graphs might): it picks its
+    multiprocess file storage at import time, from PROMETHEUS_MULTIPROC_DIR."""
+    import os
+    import shutil
+
+    from service.observability.prometheus import MULTIPROC_VAR, prepare_multiprocess_dir
+
+    configured = settings.metrics.multiprocess_dir or os.environ.get(MULTIPROC_VAR)
+    if settings.server.workers == 1 and not configured:
+        return  # one process: plain in-memory metrics
+    directory = prepare_multiprocess_dir(settings.metrics.multiprocess_dir)
+    if not configured:
+        # A directory we made; gone with the server. Workers are forked from here and
+        # inherit this hook: only the process that made the directory removes it.
+        owner = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -100,11 +125,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _serve(settings: Settings) -> int:
     from service.app import announce_development_key, needs_development_key
-    from service.observability.logging import configure_logging
-    from service.observability.tracing import add_trace_ids
     from service.security.api_keys import generate_key
 
-    configure_logging(settings, extra_processors=[add_trace_ids])
     development_key = None
     if needs_development_key(settings):
         # Made once here, before gunicorn forks, so every worker accepts the same key.
@@ -167,12 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = _settings(args)
-        if args.command == "serve" and settings.server.workers > 1 and settings.metrics.enabled:
-            # Before anything imports prometheus_client (the graphs might): it picks its
-            # multiprocess file storage at import time, from this variable.
-            from service.observability.prometheus import prepare_multiprocess_dir
+        if args.command == "serve" and settings.metrics.enabled:
+            _prepare_metrics(settings)
+        if args.command in ("serve", "migrate"):
+            # Before the preflight, so what it logs (key files, JWKS fetches) is formatted
+            # and redacted like every other line.
+            from service.observability.logging import configure_logging
+            from service.observability.tracing import add_trace_ids
 
-            prepare_multiprocess_dir(settings.metrics.multiprocess_dir)
+            configure_logging(settings, extra_processors=[add_trace_ids])
         if args.command == "config":
             print(json.dumps(public_view(settings), indent=2, default=str))
             return 0

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -19,6 +20,8 @@ from service.errors import (
 from service.persistence.threads import storage_key
 from service.resources import Resources
 from service.security.principal import Principal, principal_of
+
+log = structlog.get_logger("graphgate.rate_limit")
 
 
 def get_resources(request: Request) -> Resources:
@@ -93,6 +96,7 @@ async def check_run_limit(request: Request, resources: Resources) -> None:
     decision = await runs.check(request, resources.settings.rate_limit.run_limits)
     if decision.verdict == "limited":
         resources.metrics.rate_limited.labels("runs").inc()
+        log.info("rate_limited", limiter="runs", path=request.url.path)
         headers = await runs.headers(decision)
         headers.setdefault("retry-after", "1")
         raise RateLimited(headers=headers, limit="runs")

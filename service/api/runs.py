@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import structlog
 from fastapi import Request
 
 from service.api.deps import check_run_limit, thread_scope
@@ -30,6 +31,8 @@ from service.security.principal import Principal
 from service.security.stream_slots import Slot, StreamSlotsFull, StreamSlotsUnavailable
 from service.settings import LimitsSettings
 from service.streaming.executor import Run, RunRequest, StreamMode, ThreadBusy
+
+log = structlog.get_logger("graphgate.rate_limit")
 
 
 class TooManyRuns(RateLimited):
@@ -106,6 +109,7 @@ async def start_run(
     try:
         slot = await res.stream_slots.acquire(principal.identity)
     except StreamSlotsFull:
+        log.info("rate_limited", limiter="streams", path=request.url.path)
         metrics.runs_refused.labels("too_many_streams").inc()
         metrics.rate_limited.labels("streams").inc()
         raise TooManyRuns(headers={"Retry-After": "5"}) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from langgraph.pregel import Pregel
 
@@ -38,6 +38,12 @@ def _config(key: str, checkpoint_id: str | None = None) -> Any:
     if checkpoint_id is not None:
         configurable["checkpoint_id"] = checkpoint_id
     return {"configurable": configurable}
+
+
+def _resolve(request: Request, res: Resources, principal: Principal, thread_id: str) -> str:
+    """The caller's storage key for `thread_id` (and the id, for the access log line)."""
+    request.scope.setdefault("state", {})["access"] = {"thread_id": thread_id}
+    return thread_scope(principal, res).key(thread_id)
 
 
 async def _thread_graph(res: Resources, key: str) -> Pregel[Any, Any, Any, Any]:
@@ -70,9 +76,10 @@ async def list_threads(
 
 
 @router.get("/threads/{thread_id}/state")
-async def thread_state(thread_id: ThreadIdPath, res: ResourcesDep, principal: Reader) -> Response:
+async def thread_state(thread_id: ThreadIdPath, request: Request, res: ResourcesDep,
+                       principal: Reader) -> Response:
     """The thread's current state: values, next nodes, checkpoint ids."""
-    key = thread_scope(principal, res).key(thread_id)
+    key = _resolve(request, res, principal, thread_id)
     graph = await _thread_graph(res, key)
     snapshot = await graph.aget_state(_config(key))
     return _json({"thread_id": thread_id, **snapshot_payload(snapshot)})
@@ -81,13 +88,14 @@ async def thread_state(thread_id: ThreadIdPath, res: ResourcesDep, principal: Re
 @router.get("/threads/{thread_id}/history")
 async def thread_history(
     thread_id: ThreadIdPath,
+    request: Request,
     res: ResourcesDep,
     principal: Reader,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     before: Annotated[str | None, Query(pattern=CHECKPOINT_ID_PATTERN)] = None,
 ) -> Response:
     """Past states, newest first. Pass `next_before` back as `before` for the next page."""
-    key = thread_scope(principal, res).key(thread_id)
+    key = _resolve(request, res, principal, thread_id)
     graph = await _thread_graph(res, key)
     before_config = _config(key, before) if before is not None else None
     items = [
@@ -100,10 +108,11 @@ async def thread_history(
 
 
 @router.delete("/threads/{thread_id}", status_code=204, response_class=Response)
-async def delete_thread(thread_id: ThreadIdPath, res: ResourcesDep, principal: Writer) -> Response:
+async def delete_thread(thread_id: ThreadIdPath, request: Request, res: ResourcesDep,
+                        principal: Writer) -> Response:
     """Delete the thread and all its checkpoints. 409 while a run is in progress on it."""
     space: ThreadScope = thread_scope(principal, res)
-    key = space.key(thread_id)
+    key = _resolve(request, res, principal, thread_id)
     try:
         async with res.executor.lock_thread(key):
             await _thread_graph(res, key)

@@ -56,10 +56,14 @@ class AccessLogMiddleware:
     def __init__(
         self, app: ASGIApp, *, logger: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        route_of: Callable[[Scope], str] | None = None,
     ) -> None:
         self.app = app
         self.log = logger if logger is not None else structlog.get_logger("graphgate.access")
         self.clock = clock
+        # The app passes the same resolver the metrics use, so a request refused before
+        # routing (401, 413, 429) is logged under the route template it was counted as.
+        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +100,8 @@ class AccessLogMiddleware:
             finished = self.clock() if ended is None else ended
             fields: dict[str, Any] = {
                 "method": scope.get("method"),
-                "route": _route_template(scope, root_path),
+                "route": (self.route_of(scope) if self.route_of is not None
+                          else _route_template(scope, root_path)),
                 # The server answers 500 to an app that raised before responding.
                 "status": 500 if status is None else status,
                 "duration_ms": round((finished - started) * 1000, 2),

@@ -57,7 +57,8 @@ class Metrics:
         self.streams_open = Gauge(
             "streams_open", "Open SSE streams.", ["graph"], multiprocess_mode="livesum", **ns)
         self.stream_first_event = Histogram(
-            "stream_first_event_seconds", "From run start to the first event sent.",
+            "stream_first_event_seconds", "From run start to the first graph event queued for "
+            "sending (after `metadata`).",
             ["graph"], buckets=FIRST_BUCKETS, **ns)
         self.stream_first_token = Histogram(
             "stream_first_token_seconds", "From run start to the first message token sent.",
@@ -92,8 +93,9 @@ class Metrics:
             "db_pool_connections", "Postgres pool connections: size, in_use, idle, waiting "
             "(requests waiting for one).", ["state"], multiprocess_mode="livesum", **ns)
         self.storage_errors = Counter(
-            "storage_errors_total", "Storage failures answered with 503, by store "
-            "(checkpointer, rate_limit).", ["store"], **ns)
+            "storage_errors_total", "Storage failures seen by clients (a 503, or an SSE error "
+            "event), by store: checkpointer (checkpoints, leases, thread records) or "
+            "rate_limit.", ["store"], **ns)
 
         # Security
         self.auth_failures = Counter(

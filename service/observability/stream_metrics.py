@@ -41,7 +41,9 @@ class StreamRecorder:
     def event(self, name: str, *, token: bool = False) -> None:
         self.events_sent += 1
         self.metrics.stream_events.labels(name).inc()
-        if not self.first_event:
+        # `metadata` goes out before the graph starts; the first event of the graph's is
+        # what a client waits for.
+        if not self.first_event and name != "metadata":
             self.first_event = True
             self.metrics.stream_first_event.labels(self.graph).observe(self.clock() - self.started)
         if token and not self.first_token:

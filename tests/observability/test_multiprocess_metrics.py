@@ -59,8 +59,9 @@ def server_env(tmp_path: Path, multiproc_dir: Path | None = None) -> dict[str, s
         "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
         "GRAPHGATE_GRAPHS": "demo=service.graphs.demo:make_demo_graph,"
                             "slow=tests.support.graphs:slow",
-        # Slow enough to hang up mid-stream, quick enough for a few dozen runs.
-        "GRAPHGATE_DEMO__TOKEN_DELAY_MS": "40", "GRAPHGATE_DEMO__REPLY_TOKENS": "5",
+        # Streams of 20 tokens 40 ms apart: time to hang up mid-stream after the first
+        # token even on a loaded machine. (Plain /v1/chat does not stream: no delay.)
+        "GRAPHGATE_DEMO__TOKEN_DELAY_MS": "40", "GRAPHGATE_DEMO__REPLY_TOKENS": "20",
         "GRAPHGATE_SERVER__GRACEFUL_TIMEOUT_S": "5",
     }
     if multiproc_dir is not None:
@@ -125,6 +126,19 @@ def open_streams(series: Series) -> float:
     return total(series, STREAMS_OPEN)
 
 
+def quiet_scrape(server: ProcessServer) -> Series:
+    """A scrape once no request but the scrape itself is in flight.
+
+    A worker counts a request just after sending its response, so the client may ask
+    the other worker before the count is written. Once the in-flight gauge (decremented
+    right before the count) says nothing else is running, one more scrape sees it all.
+    """
+    eventually(lambda: scrape(server),
+               lambda s: total(s, IN_FLIGHT) == 1 and open_streams(s) == 0,
+               "nothing in flight but the scrape")
+    return scrape(server)
+
+
 def stream_to_end(server: ProcessServer, **body: object) -> list[SSEFrame]:
     with httpx.stream("POST", server.url + "/v1/chat/stream", timeout=30,
                       json={"message": "hi", **body}) as response:
@@ -175,7 +189,7 @@ def test_fresh_dir_and_totals_summed_across_workers(tmp_path: Path) -> None:
         # Only the workers write metrics; the master (which marks them dead) does not.
         assert file_pids(multiproc_dir) == pids
 
-        before = total(scrape(server), REQUESTS, **HEALTHZ)
+        before = total(quiet_scrape(server), REQUESTS, **HEALTHZ)  # start-up probes
         with fresh_connections() as client:
             for _ in range(40):
                 assert client.get(server.url + "/healthz").status_code == 200
@@ -184,6 +198,7 @@ def test_fresh_dir_and_totals_summed_across_workers(tmp_path: Path) -> None:
                                        json={"message": "hi", "thread_id": f"sum-{n}"})
                 assert response.status_code == 200, response.text
 
+        first = quiet_scrape(server)
         per_worker = {pid: worker_series(multiproc_dir, pid) for pid in pids}
         chats = {pid: total(series, REQUESTS, **CHAT) for pid, series in per_worker.items()}
         healthz = {pid: total(series, REQUESTS, **HEALTHZ) for pid, series in per_worker.items()}
@@ -191,8 +206,7 @@ def test_fresh_dir_and_totals_summed_across_workers(tmp_path: Path) -> None:
         assert all(chats[pid] + healthz[pid] > 0 for pid in pids), (chats, healthz)
         assert sum(chats.values()) == 10
 
-        for _ in range(12):
-            series = scrape(server)
+        for series in [first] + [scrape(server) for _ in range(12)]:
             assert total(series, REQUESTS, **CHAT) == 10
             assert total(series, REQUESTS, **HEALTHZ) == before + 40
             assert total(series, REQUESTS, **HEALTHZ) == sum(healthz.values())
@@ -217,25 +231,26 @@ def test_stream_outcomes_and_open_streams_sum_across_workers(tmp_path: Path) -> 
         with httpx.stream("POST", server.url + "/v1/chat/stream", timeout=30,
                           json={"message": "hi", "thread_id": "gone"}) as response:
             assert response.status_code == 200
-            frames = iter_frames(response)
-            first = next(f for f in frames if f.event == "messages")
+            first = next(f for f in iter_frames(response) if f.event == "messages")
             assert first.data["content"]
-            # Mid-stream: open on one worker, seen by whichever answers the scrape.
-            series = scrape(server)
-            assert open_streams(series) == 1
-            assert total(series, IN_FLIGHT) == 2  # the stream and this scrape
-        # Closed after the first token, long before the reply's last one.
+            # Hang up at once, after the first of the reply's 20 tokens (40 ms apart).
 
-        series = eventually(lambda: scrape(server),
-                            lambda s: total(s, STREAMS, outcome="client_disconnected") == 1,
-                            "the disconnect is counted")
-        assert total(series, STREAMS, outcome="completed") == 3
+        def settled(series: Series) -> bool:
+            # The stream ends, then its request: the in-flight gauge and request counter
+            # follow the stream counters by a moment.
+            return (total(series, STREAMS, outcome="client_disconnected") == 1
+                    and open_streams(series) == 0 and total(series, IN_FLIGHT) == 1
+                    and total(series, REQUESTS, route="/v1/chat/stream") == 4)
+
+        series = eventually(lambda: scrape(server), settled, "the disconnect is counted")
+        assert total(series, STREAMS, graph="demo", outcome="completed") == 3
+        assert total(series, STREAMS, graph="demo", outcome="client_disconnected") == 1
         assert total(series, STREAMS) == 4
-        assert total(series, STREAMS, graph="demo") == 4
-        series = eventually(lambda: scrape(server), lambda s: open_streams(s) == 0,
-                            "no stream left open")
-        assert total(series, IN_FLIGHT) == 1  # only the scrape itself
-        assert total(series, REQUESTS, method="POST", route="/v1/chat/stream") == 4
+        assert total(series, REQUESTS, method="POST", route="/v1/chat/stream",
+                      status_class="2xx") == 4
+        # Every scrape, whichever worker answers, agrees.
+        for _ in range(6):
+            assert settled(scrape(server))
         promtool_check(httpx.get(server.url + "/metrics", timeout=10).text)
 
 
@@ -250,7 +265,7 @@ def test_dead_worker_gauges_are_dropped_and_counters_kept(tmp_path: Path) -> Non
         with fresh_connections() as client:
             for _ in range(20):
                 assert client.get(server.url + "/healthz").status_code == 200
-        healthz_before = total(scrape(server), REQUESTS, **HEALTHZ)
+        healthz_before = total(quiet_scrape(server), REQUESTS, **HEALTHZ)
 
         with slow_run(server.url, "doomed"):
             holding = {pid: open_streams(worker_series(multiproc_dir, pid)) for pid in pids}
@@ -306,7 +321,7 @@ def test_restart_starts_counters_from_zero(tmp_path: Path) -> None:
                                    json={"message": "hi"}).status_code == 200
             for _ in range(20):
                 assert client.get(first.url + "/healthz").status_code == 200
-        series = scrape(first)
+        series = quiet_scrape(first)
         assert total(series, REQUESTS, **CHAT) == 5
         assert total(series, REQUESTS, **HEALTHZ) > 20
     # Stopped: its workers' files are still there, and would be summed if not wiped.
@@ -321,7 +336,7 @@ def test_restart_starts_counters_from_zero(tmp_path: Path) -> None:
         assert total(series, REQUESTS, **HEALTHZ) < 20  # only the start-up probe(s)
         assert httpx.post(second.url + "/v1/chat", json={"message": "hi"},
                           timeout=30).status_code == 200
-        assert total(scrape(second), REQUESTS, **CHAT) == 1
+        assert total(quiet_scrape(second), REQUESTS, **CHAT) == 1
 
 
 def test_single_process_serves_process_metrics(tmp_path: Path) -> None:
@@ -332,6 +347,7 @@ def test_single_process_serves_process_metrics(tmp_path: Path) -> None:
                           timeout=30).status_code == 200
         stream_to_end(server)
         assert httpx.get(server.url + "/no-such-page", timeout=10).status_code == 404
+        quiet_scrape(server)
         response = httpx.get(server.url + "/metrics", timeout=10)
         assert response.status_code == 200
         series = parse_exposition(response.text)
@@ -356,6 +372,7 @@ def test_promtool_accepts_multiprocess_exposition(tmp_path: Path) -> None:
                               timeout=30).status_code == 200
             stream_to_end(server, thread_id=f"lint-{n}")
             assert httpx.get(server.url + f"/missing-{n}", timeout=10).status_code == 404
+        quiet_scrape(server)
         text = httpx.get(server.url + "/metrics", timeout=10).text
         series = parse_exposition(text)
         assert total(series, "graphgate_http_request_duration_seconds_count",
@@ -371,14 +388,14 @@ def test_unmatched_paths_add_no_series(tmp_path: Path) -> None:
                                cwd=tmp_path)) as server:
         pids = workers(server, multiproc_dir)
         assert httpx.get(server.url + "/warm-up", timeout=10).status_code == 404
-        scrape(server)  # so GET /metrics has its series too
-        before = set(scrape(server))
+        before = set(quiet_scrape(server))  # GET /metrics has its series too
 
         tokens = [uuid.uuid4().hex for _ in range(300)]
         with fresh_connections() as client:
             for n, token in enumerate(tokens):
                 path = f"/{token}" if n % 3 else f"/v1/{token}/x/{n}?q={token}"
                 assert client.get(server.url + path).status_code == 404
+        quiet_scrape(server)
         per_worker = [total(worker_series(multiproc_dir, pid), REQUESTS, route="unmatched")
                       for pid in pids]
         assert sum(per_worker) == 301 and min(per_worker) > 0, per_worker

@@ -45,8 +45,9 @@ def test_prometheus_scrapes_totals_summed_across_workers(tmp_path: Path) -> None
     env = {
         "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
         "GRAPHGATE_METRICS__MULTIPROCESS_DIR": str(multiproc_dir),
-        # Slow enough to hang up mid-stream, quick enough for the whole script.
-        "GRAPHGATE_DEMO__TOKEN_DELAY_MS": "30", "GRAPHGATE_DEMO__REPLY_TOKENS": "5",
+        # Streams of 20 tokens 30 ms apart: time to hang up mid-stream after the first
+        # token even on a loaded machine. (Plain /v1/chat does not stream: no delay.)
+        "GRAPHGATE_DEMO__TOKEN_DELAY_MS": "30", "GRAPHGATE_DEMO__REPLY_TOKENS": "20",
         "GRAPHGATE_SERVER__GRACEFUL_TIMEOUT_S": "5",
     }
     server = ProcessServer(env, "--workers", "2", cwd=tmp_path)
@@ -71,19 +72,27 @@ def test_prometheus_scrapes_totals_summed_across_workers(tmp_path: Path) -> None
             with client.stream("POST", server.url + "/v1/chat/stream",
                                json={"message": "bye"}) as stream:
                 assert stream.status_code == 200
-                frames = iter_frames(stream)
-                next(frame for frame in frames if frame.event == "messages")
-                # Hang up after the first token.
+                next(frame for frame in iter_frames(stream) if frame.event == "messages")
+                # Hang up at once, after the first token.
             for n in range(5):
                 assert client.get(server.url + f"/nothing/here/{n}").status_code == 404
 
-        # Both workers counted part of the script, so what Prometheus sees is a sum.
-        mine = {pid: total(worker_series(multiproc_dir, pid), REQUESTS, route="/v1/chat")
-                + total(worker_series(multiproc_dir, pid), REQUESTS, route="/v1/chat/stream")
-                + total(worker_series(multiproc_dir, pid), REQUESTS, route="unmatched")
-                for pid in file_pids(multiproc_dir)}
+        # Both workers counted part of the script, so what Prometheus sees is a sum. (Read
+        # from each worker's own files; polled, as a worker counts a request just after
+        # answering it.)
+        def scripted(pid: int) -> float:
+            series = worker_series(multiproc_dir, pid)
+            return sum(total(series, REQUESTS, route=route)
+                       for route in ("/v1/chat", "/v1/chat/stream", "unmatched"))
+
+        deadline = time.monotonic() + 10
+        while True:
+            mine = {pid: scripted(pid) for pid in file_pids(multiproc_dir)}
+            if sum(mine.values()) == 12 + 5 + 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sum(mine.values()) == 12 + 5 + 5, mine
         assert len(mine) == 2 and all(count > 0 for count in mine.values()), mine
-        assert sum(mine.values()) == 12 + 5 + 5
 
         prometheus.wait_for('up{job="graphgate"}', has_value(1))
         prometheus.wait_for('sum(graphgate_http_requests_total{route="/v1/chat"})',
