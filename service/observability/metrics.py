@@ -108,6 +108,21 @@ class Metrics:
             "rate_limit_backend_up", "1 when the rate-limit storage answered its last call.",
             multiprocess_mode="livemin", **ns)
 
+        # Worker processes (multiprocess mode, where prometheus_client's process_* metrics
+        # would describe only the worker that answered the scrape).
+        self.workers = Gauge(
+            "workers", "Worker processes alive (1 per worker).", multiprocess_mode="livesum",
+            **ns)
+        self.worker_memory = Gauge(
+            "worker_resident_memory_bytes", "Resident memory of all living workers.",
+            multiprocess_mode="livesum", **ns)
+        self.worker_cpu = Gauge(
+            "worker_cpu_seconds", "CPU time used by the living workers (user + system).",
+            multiprocess_mode="livesum", **ns)
+        self.worker_open_fds = Gauge(
+            "worker_open_fds", "Open file descriptors of all living workers.",
+            multiprocess_mode="livesum", **ns)
+
         # Build
         self.build_info = Gauge(
             "build_info", "Always 1; the labels say what is running.",

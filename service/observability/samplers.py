@@ -8,6 +8,7 @@ all living workers last wrote.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import anyio
@@ -41,13 +42,28 @@ def sample_pool(metrics: Metrics, pool_stats: Callable[[], dict[str, int]] | Non
         metrics.db_pool_connections.labels(state=state).set(value)
 
 
+def sample_process(metrics: Metrics) -> None:
+    """This worker's memory, CPU and descriptors (Linux /proc; skipped elsewhere)."""
+    times = os.times()
+    metrics.worker_cpu.set(times.user + times.system)
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+        metrics.worker_memory.set(pages * os.sysconf("SC_PAGE_SIZE"))
+        metrics.worker_open_fds.set(len(os.listdir("/proc/self/fd")))
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 async def sample_periodically(metrics: Metrics, pool_stats: Callable[[], dict[str, int]] | None,
                               interval_s: float = SAMPLE_INTERVAL_S) -> None:
     """Refresh the sampled gauges until cancelled (then zero this worker's share)."""
+    metrics.workers.set(1)
     try:
         while True:
             try:
                 sample_pool(metrics, pool_stats)
+                sample_process(metrics)
             except Exception as exc:  # a sampler must never take the worker down
                 log.warning("metrics_sample_failed", exc_type=type(exc).__name__)
             await anyio.sleep(interval_s)
