@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,11 @@ def test_two_workers_serve_and_share_thread_leases(tmp_path: Path) -> None:
     server = ProcessServer(env, "--workers", "2", cwd=tmp_path).start()
     try:
         assert server.proc is not None
+        # start() returns on the first answer; the second worker may still be booting.
+        deadline = time.monotonic() + 30
+        while len(children(server.proc.pid)) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
         assert len(children(server.proc.pid)) == 2
         with httpx.stream("POST", server.url + "/v1/chat/stream",
                           json={"message": "hi", "thread_id": "w"}, timeout=30) as response:

@@ -28,6 +28,7 @@ from tests.support.prometheus import (
     file_pids,
     parse_exposition,
     total,
+    wait_until_answering,
     worker_files,
     worker_series,
 )
@@ -41,6 +42,7 @@ REQUESTS = "graphgate_http_requests_total"
 STREAMS = "graphgate_streams_total"
 STREAMS_OPEN = "graphgate_streams_open"
 IN_FLIGHT = "graphgate_http_requests_in_flight"
+EVENTS = "graphgate_stream_events_total"
 CHAT = {"method": "POST", "route": "/v1/chat", "status_class": "2xx"}
 HEALTHZ = {"method": "GET", "route": "/healthz", "status_class": "2xx"}
 
@@ -96,7 +98,7 @@ def eventually(probe: Callable[[], T], check: Callable[[T], bool], what: str,
 
 
 def workers(server: ProcessServer, multiproc_dir: Path) -> set[int]:
-    """The two worker pids, once both have booted and created their metric files."""
+    """The two worker pids, once both have created their metric files and serve."""
     assert server.proc is not None
     master = server.proc.pid
 
@@ -106,7 +108,9 @@ def workers(server: ProcessServer, multiproc_dir: Path) -> set[int]:
             (multiproc_dir / f"counter_{pid}.db").exists()
             and (multiproc_dir / f"gauge_livesum_{pid}.db").exists() for pid in pids) else set()
 
-    return eventually(booted, bool, "two workers with metric files")
+    pids = eventually(booted, bool, "two workers with metric files")
+    wait_until_answering(server.url, multiproc_dir, pids)
+    return pids
 
 
 def fresh_connections() -> httpx.Client:
@@ -273,6 +277,9 @@ def test_dead_worker_gauges_are_dropped_and_counters_kept(tmp_path: Path) -> Non
             series = scrape(server)
             assert open_streams(series) == 1
             assert total(series, IN_FLIGHT) == 2
+            events = total(series, EVENTS)
+            # The victim has counted the events it sent on the stream it holds.
+            assert total(worker_series(multiproc_dir, victim), EVENTS) > 0
             os.kill(victim, signal.SIGKILL)
             # The client's stream is cut; leaving the block closes it.
 
@@ -289,6 +296,8 @@ def test_dead_worker_gauges_are_dropped_and_counters_kept(tmp_path: Path) -> Non
         series = scrape(server)
         assert open_streams(series) == 0  # not the 1 the dead worker last wrote
         assert total(series, IN_FLIGHT) == 1
+        # Totals still include what the dead worker counted.
+        assert total(series, EVENTS) == events
         assert total(series, REQUESTS, **HEALTHZ) == healthz_before
         assert total(series, REQUESTS, method="GET", route="/metrics") > 0
 
@@ -367,7 +376,7 @@ def test_promtool_accepts_multiprocess_exposition(tmp_path: Path) -> None:
     with running(ProcessServer(server_env(tmp_path, multiproc_dir), "--workers", "2",
                                cwd=tmp_path)) as server:
         workers(server, multiproc_dir)
-        for n in range(4):
+        for n in range(3):
             assert httpx.post(server.url + "/v1/chat", json={"message": "hi"},
                               timeout=30).status_code == 200
             stream_to_end(server, thread_id=f"lint-{n}")
@@ -376,7 +385,7 @@ def test_promtool_accepts_multiprocess_exposition(tmp_path: Path) -> None:
         text = httpx.get(server.url + "/metrics", timeout=10).text
         series = parse_exposition(text)
         assert total(series, "graphgate_http_request_duration_seconds_count",
-                     route="/v1/chat") == 4
+                     route="/v1/chat") == 3
         assert total(series, "graphgate_build_info") == 1  # livemax: one, not one per worker
         promtool_check(text)
 

@@ -21,6 +21,7 @@ from tests.support.prometheus import (
     labels_equal,
     scalar,
     total,
+    wait_until_answering,
     worker_series,
 )
 from tests.support.servers import ProcessServer
@@ -54,6 +55,12 @@ def test_prometheus_scrapes_totals_summed_across_workers(tmp_path: Path) -> None
     prometheus: PrometheusServer | None = None
     try:
         server.start()
+        deadline = time.monotonic() + 30
+        while len(file_pids(multiproc_dir)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(file_pids(multiproc_dir)) == 2, server.output()
+        # Both workers serving, so the script below is spread over the two.
+        wait_until_answering(server.url, multiproc_dir, file_pids(multiproc_dir))
         # Started before the script, so its ~6 s wait for a first scrape overlaps it.
         prometheus = PrometheusServer(f"127.0.0.1:{server.port}", job="graphgate").start()
 

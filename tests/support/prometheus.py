@@ -69,6 +69,28 @@ def worker_series(directory: Path, pid: int) -> Series:
     return found
 
 
+def wait_until_answering(url: str, directory: Path, pids: Iterable[int],
+                         timeout_s: float = 30) -> None:
+    """Ask GET /readyz on new connections until each of these workers has answered one.
+
+    A worker writes its files when it builds the app, before it accepts connections; a
+    test that needs both workers serving waits for this, on a route it does not count.
+    """
+    wanted = set(pids)
+    deadline = time.monotonic() + timeout_s
+    counts: dict[int, float] = {}
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while True:
+            client.get(url + "/readyz")
+            counts = {pid: total(worker_series(directory, pid), "graphgate_http_requests_total",
+                                 route="/readyz") for pid in wanted}
+            if all(counts.values()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not every worker answered within {timeout_s} s: {counts}")
+            time.sleep(0.05)
+
+
 class PrometheusServer:
     """The real Prometheus, scraping `target` ("host:port") as job `job`."""
 
