@@ -30,21 +30,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from service import __version__
+from service.observability.span_redaction import (
+    RedactingSpanExporter,
+    redact_server_span,
+    redact_span,
+)
 from service.security.paths import METRICS_PATH, PROBE_PATHS
 from service.settings.security import TelemetrySettings
 
@@ -84,7 +89,6 @@ ENV_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 
-REDACTED: Final = "REDACTED"
 
 # Never traced: probes and scrapes would drown the real traffic. Matched by the
 # instrumentation against `scheme://host/path` (no query), so anchored on both ends: a
@@ -101,14 +105,6 @@ _CAPTURE_NO_HEADERS: Final = ["(?!)"]
 _SANITIZE_ALL_HEADERS: Final = [".*"]
 
 # Attributes that may carry a URL or target with its query string, old and new conventions.
-_URL_ATTRIBUTES: Final = ("http.url", "url.full", "http.target")
-_QUERY_ATTRIBUTES: Final = ("url.query",)
-_HEADER_ATTRIBUTE = re.compile(r"^http\.(request|response)\.header\.")
-_EXCEPTION_KEPT: Final = frozenset({"exception.type", "exception.escaped"})
-_EXCEPTION_TEXT: Final = frozenset({"exception.message", "exception.stacktrace"})
-# A status description is kept only when it is a bare identifier (an exception type or an
-# error code); `ValueError: password=...` keeps `ValueError`.
-_SAFE_DESCRIPTION = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 
 
 # FastAPI's own (native) telemetry, for `FastAPI(telemetry=...)`: all off, always. It turns
@@ -240,117 +236,11 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
         excluded_urls=EXCLUDED_URLS,
         # No span per ASGI message: an SSE stream would make one per chunk.
         exclude_spans=["receive", "send"],
-        server_request_hook=_redact_server_span,
+        server_request_hook=redact_server_span,
         http_capture_headers_server_request=_CAPTURE_NO_HEADERS,
         http_capture_headers_server_response=_CAPTURE_NO_HEADERS,
         http_capture_headers_sanitize_fields=_SANITIZE_ALL_HEADERS,
     )
-
-
-def _redact_server_span(span: Span, scope: dict[str, Any]) -> None:
-    """Rewrite the URL attributes the instrumentation set from the raw request.
-
-    Runs right after the span starts, before anything else can read it. Must not raise:
-    the instrumentation would record the error on the span.
-    """
-    if not span.is_recording():
-        return
-    attributes = getattr(span, "attributes", None)
-    if not isinstance(attributes, Mapping):
-        return
-    with contextlib.suppress(Exception):
-        redacted = _redacted_url_attributes(attributes)
-        if redacted:
-            span.set_attributes(redacted)
-
-
-def _redact_url(value: str) -> str:
-    """Everything after the first `?` replaced; a decoded `%3F` in the path counts too."""
-    base, sep, _ = value.partition("?")
-    return f"{base}?{REDACTED}" if sep else value
-
-
-def _redacted_url_attributes(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
-    """The URL and query attributes that need rewriting, rewritten."""
-    changed: dict[str, AttributeValue] = {}
-    for key in _URL_ATTRIBUTES:
-        value = attributes.get(key)
-        if isinstance(value, str) and "?" in value:
-            changed[key] = _redact_url(value)
-    for key in _QUERY_ATTRIBUTES:
-        value = attributes.get(key)
-        if value and value != REDACTED:
-            changed[key] = REDACTED
-    return changed
-
-
-# --- export-side redaction ------------------------------------------------------------
-
-
-class RedactingSpanExporter(SpanExporter):
-    """Passes each span to `inner` with `redact_span` applied: nothing secret leaves."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([redact_span(span) for span in spans])
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-def redact_span(span: ReadableSpan) -> ReadableSpan:
-    """The span without query strings, captured headers or exception text.
-
-    Returns the span itself when there is nothing to remove (the usual case).
-    """
-    attributes = dict(span.attributes or {})
-    changed = _redacted_url_attributes(attributes)
-    drop = [key for key in attributes if key in _EXCEPTION_TEXT or _HEADER_ATTRIBUTE.match(key)]
-    events = list(span.events)
-    clean_events = [_redact_event(event) for event in events]
-    status = span.status
-    description = status.description
-    if description is not None:
-        safe = description.partition(":")[0].strip()
-        description = safe if _SAFE_DESCRIPTION.fullmatch(safe) else None
-    if (not changed and not drop and description == status.description
-            and all(a is b for a, b in zip(events, clean_events, strict=True))):
-        return span
-    attributes.update(changed)
-    for key in drop:
-        del attributes[key]
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=attributes,
-        events=clean_events,
-        links=span.links,
-        kind=span.kind,
-        status=Status(status.status_code, description)
-        if status.status_code is StatusCode.ERROR else status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
-
-
-def _redact_event(event: Event) -> Event:
-    attributes = dict(event.attributes or {})
-    if event.name == "exception":
-        keep = {k: v for k, v in attributes.items() if k in _EXCEPTION_KEPT}
-    else:
-        keep = {k: v for k, v in attributes.items() if k not in _EXCEPTION_TEXT}
-        keep.update(_redacted_url_attributes(keep))
-    if keep == attributes:
-        return event
-    return Event(event.name, keep, event.timestamp)
 
 
 # --- graph runs -----------------------------------------------------------------------
