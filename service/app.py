@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
@@ -109,6 +110,19 @@ def create_app(
             graphs = await load_graphs(settings, persistence.checkpointer)
             executor = RunExecutor(persistence.leases, settings.runs, settings.streaming,
                                    observer=RunMetrics(metrics), tracer_provider=provider)
+            # Shutdown (a signal, or the server stopping) starts the drain: runs get
+            # [server] drain_timeout_s to finish, then end cleanly with a retry hint.
+            loop = asyncio.get_running_loop()
+            drains: set[asyncio.Future[None]] = set()
+
+            def start_drain() -> None:
+                def spawn() -> None:
+                    drains.add(asyncio.ensure_future(
+                        executor.drain(settings.server.drain_timeout_s)))
+
+                loop.call_soon_threadsafe(spawn)
+
+            lifecycle.on_drain(start_drain)
             restore_signals = lifecycle.chain_signal_handlers()
             # SIGHUP re-reads the API keys file (revocations apply without a restart).
             stack.callback(lifecycle.on_reload(authenticator.reload))

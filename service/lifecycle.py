@@ -15,9 +15,19 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
+        self._on_drain: list[Callable[[], object]] = []
+
+    def on_drain(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once when shutdown begins (possibly from a signal handler, so
+        it must only schedule work, e.g. with loop.call_soon_threadsafe)."""
+        self._on_drain.append(callback)
 
     def begin_shutdown(self) -> None:
+        if self.draining:
+            return
         self.draining = True
+        for callback in self._on_drain:
+            callback()
 
     def chain_signal_handlers(self) -> Callable[[], None]:
         """Mark draining on SIGTERM/SIGINT, then run whatever handler was there.

@@ -11,10 +11,10 @@ from fastapi.responses import Response
 from service.api.deps import RequestIdDep, ResourcesDep, requires
 from service.api.runs import message_input, start_run
 from service.api.schemas import ChatRequest, ChatResponse, StreamRequest
-from service.errors import ServiceError, StorageUnavailableError
+from service.errors import ServiceError, ServiceUnavailable, StorageUnavailableError
 from service.observability.stream_metrics import StreamRecorder
 from service.security.principal import RUNS_CREATE, Principal
-from service.streaming.executor import STORAGE, TIMEOUT, RunError, RunEvent
+from service.streaming.executor import SHUTTING_DOWN, STORAGE, TIMEOUT, RunError, RunEvent
 from service.streaming.serialize import dumps
 from service.streaming.sse import EmitFrame, EventStreamResponse
 from service.streaming.v1_events import V1EventEncoder, is_token
@@ -112,6 +112,8 @@ async def chat(
     if error is STORAGE:
         res.metrics.storage_errors.labels("checkpointer").inc()
         raise StorageUnavailableError()
+    if error is SHUTTING_DOWN:
+        raise ServiceUnavailable(error.message)
     if error is TIMEOUT:
         raise _RunTimedOut(error.message)
     if error is not None:

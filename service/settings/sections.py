@@ -27,6 +27,12 @@ class ServerSettings(Section):
     graceful_timeout_s: int = Field(
         30, ge=1, description="gunicorn graceful_timeout: how long workers may drain on stop."
     )
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="On SIGTERM/SIGINT, open runs get this long to finish; then "
+        "they are stopped at their last finished step and their streams end with "
+        "`error` (shutting_down, retryable) and `end`. Must be shorter than "
+        "graceful_timeout_s, so streams end cleanly before the server gives up on them."
+    )
     worker_tmp_dir: str | None = Field(
         None, description="gunicorn heartbeat dir; default /dev/shm when it exists (tmpfs)."
     )
@@ -40,6 +46,14 @@ class ServerSettings(Section):
         0, ge=0, description="Recycle a worker after this many requests (0 = never)."
     )
     max_requests_jitter: int = Field(0, ge=0, description="Random spread added to max_requests.")
+
+    @field_validator("drain_timeout_s")
+    @classmethod
+    def _drain_fits(cls, value: float, info: ValidationInfo) -> float:
+        graceful = info.data.get("graceful_timeout_s")
+        if isinstance(graceful, int) and value >= graceful:
+            raise ValueError(f"must be shorter than graceful_timeout_s ({graceful})")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -67,16 +67,24 @@ class RunError:
 
     code: str
     message: str
+    # Whether the same request may succeed if simply sent again (shown to clients).
+    retryable: bool = False
 
 
 # Client-safe descriptions of failures. Never the exception text: it can hold SQL,
 # hostnames, provider error bodies or secrets. The full exception goes to the log.
 RECURSION = RunError("recursion_limit", "The run exceeded its step limit.")
-STORAGE = RunError("storage_unavailable", "The conversation store is unavailable; try again.")
+STORAGE = RunError("storage_unavailable", "The conversation store is unavailable; try again.",
+                   retryable=True)
 GRAPH = RunError("graph_error", "The graph failed while running.")
 TIMEOUT = RunError("run_timeout", "The run exceeded the maximum stream duration.")
 LEASE_LOST = RunError(
-    "lease_lost", "The run lost its claim on the thread and was stopped; retry the request."
+    "lease_lost", "The run lost its claim on the thread and was stopped; retry the request.",
+    retryable=True,
+)
+SHUTTING_DOWN = RunError(
+    "shutting_down", "The server is restarting and stopped this run at its last finished "
+    "step; retry the request in a moment.", retryable=True,
 )
 
 
@@ -113,6 +121,8 @@ class Run:
         self.run_id = request.run_id
         self._released = False
         self._lease_lost = False
+        self._stopped_for_shutdown = False
+        self._run_scope: anyio.CancelScope | None = None
         self._abandoned: asyncio.Future[None] | None = None
         self.outcome: Literal["pending", "success", "error", "timeout"] = "pending"
 
@@ -155,6 +165,9 @@ class Run:
         max_duration_s = self._executor.streaming.max_duration_s
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as run_scope:
+                self._run_scope = run_scope
+                if self._stopped_for_shutdown:
+                    run_scope.cancel()
                 tg.start_soon(self._keep_lease, bound, run_scope)
                 with anyio.move_on_after(max_duration_s) as deadline:
                     try:
@@ -164,7 +177,10 @@ class Run:
                         error = classify(exc)
                         bound.error("run_failed", error_code=error.code,
                                     exc_type=type(exc).__name__, exc_info=exc)
-            if self._lease_lost:
+            if self._stopped_for_shutdown:
+                error = SHUTTING_DOWN
+                bound.warning("run_stopped_for_shutdown")
+            elif self._lease_lost:
                 error = LEASE_LOST
             elif deadline.cancelled_caught:
                 error = TIMEOUT
@@ -266,6 +282,13 @@ class Run:
                 run_scope.cancel()
                 return
 
+    def stop_for_shutdown(self) -> None:
+        """End the run at its last finished step: the client gets `error` (shutting_down,
+        retry) and `end`, and the thread keeps every committed checkpoint."""
+        self._stopped_for_shutdown = True
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
     async def release(self) -> None:
         """Give the thread back (idempotent). An abandoned run keeps it until it ends."""
         if self._released:
@@ -313,6 +336,13 @@ class RunExecutor:
         holder = asyncio.ensure_future(run._hold(task))
         self._holders.add(holder)
         holder.add_done_callback(self._holders.discard)
+
+    async def drain(self, grace_s: float) -> None:
+        """On shutdown: let runs finish for up to `grace_s`, then stop the rest cleanly."""
+        with anyio.move_on_after(grace_s):
+            await self.wait_idle()
+        for run in list(self.active):
+            run.stop_for_shutdown()
 
     async def wait_idle(self) -> None:
         """Return once no run holds a lease (used on shutdown, under a timeout)."""

@@ -70,7 +70,7 @@ class V1EventEncoder:
             return message_payload(message, metadata)
         if isinstance(event.data, RunError):
             return {"code": event.data.code, "message": event.data.message,
-                    "request_id": self._request_id}
+                    "retryable": event.data.retryable, "request_id": self._request_id}
         return event.data
 
     def __call__(self, event: RunEvent) -> bytes:

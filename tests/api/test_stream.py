@@ -173,7 +173,7 @@ def test_failing_node_gives_error_then_end(server: ThreadServer) -> None:
     assert names(frames) == ["metadata", "updates", "error", "end"]
     error = frames[2].data
     assert error == {"code": "graph_error", "message": "The graph failed while running.",
-                     "request_id": "trace-me-124"}
+                     "retryable": False, "request_id": "trace-me-124"}
     assert frames[3].data["status"] == "error"
 
 
