@@ -118,7 +118,7 @@ def create_app(
             def start_drain() -> None:
                 def spawn() -> None:
                     drains.add(asyncio.ensure_future(
-                        executor.drain(settings.server.drain_timeout_s)))
+                        executor.drain(settings.server.drain_s)))
 
                 loop.call_soon_threadsafe(spawn)
 

@@ -99,7 +99,7 @@ def _prepare_metrics(settings: Settings) -> None:
     from service.observability.prometheus import MULTIPROC_VAR, prepare_multiprocess_dir
 
     configured = settings.metrics.multiprocess_dir or os.environ.get(MULTIPROC_VAR)
-    if settings.server.workers == 1 and not configured:
+    if settings.server.worker_count == 1 and not configured:
         return  # one process: plain in-memory metrics
     directory = prepare_multiprocess_dir(settings.metrics.multiprocess_dir)
     if not configured:
@@ -132,7 +132,7 @@ def _serve(settings: Settings) -> int:
         # Made once here, before gunicorn forks, so every worker accepts the same key.
         development_key = generate_key("dev")[1]
         announce_development_key(development_key)
-    if settings.server.workers == 1:
+    if settings.server.worker_count == 1:
         import uvicorn
 
         from service.app import create_app

@@ -61,7 +61,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": binds,
         "child_exit": child_exit,
-        "workers": server.workers,
+        "workers": server.worker_count,
         "worker_class": WORKER_CLASS,
         # How long workers may finish open streams after SIGTERM before being killed.
         "graceful_timeout": server.graceful_timeout_s,

@@ -92,3 +92,14 @@ def test_bind_address_brackets_ipv6(host: str, expected: str) -> None:
 
     assert bind_address(host, 8000) == expected
     parse_address(expected)  # raises on a malformed address
+
+
+def test_zero_workers_means_one_per_cpu() -> None:
+    import os
+
+    from service.gunicorn_conf import gunicorn_options
+
+    cpus = len(os.sched_getaffinity(0))
+    options = gunicorn_options(Settings(env="development", server={"workers": 0}))
+    assert options["workers"] == cpus >= 1
+    assert Settings(env="development", server={"workers": 4}).server.worker_count == 4

@@ -395,7 +395,7 @@ def test_invalid_database_url_in_secrets_dir_hides_the_password(
         ("GRAPHGATE_STREAMING__HEARTBEAT_INTERVAL_S", "0", "streaming.heartbeat_interval_s"),
         ("GRAPHGATE_STREAMING__HEARTBEAT_INTERVAL_S", "soon", "streaming.heartbeat_interval_s"),
         ("GRAPHGATE_SERVER__PORT", "70000", "server.port"),
-        ("GRAPHGATE_SERVER__WORKERS", "0", "server.workers"),
+        ("GRAPHGATE_SERVER__WORKERS", "-1", "server.workers"),
         ("GRAPHGATE_LOGGING__LEVEL", "LOUD", "logging.level"),
         ("GRAPHGATE_LOGGING__FORMAT", "xml", "logging.format"),
         ("GRAPHGATE_LOGGING__ACCESS_LOG", "sometimes", "logging.access_log"),

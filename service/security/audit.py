@@ -276,7 +276,7 @@ def posture(settings: Settings) -> dict[str, Any]:
         "server": {
             "host": settings.server.host,
             "port": settings.server.port,
-            "workers": settings.server.workers,
+            "workers": settings.server.worker_count,
         },
         "database": database_view(settings),
         "metrics": _metrics_posture(settings),
@@ -563,7 +563,7 @@ def _check_ip_limits_without_proxies(settings: Settings) -> Iterable[Finding]:
 
 
 def _check_memory_storage_workers(settings: Settings) -> Iterable[Finding]:
-    rate, workers = settings.rate_limit, settings.server.workers
+    rate, workers = settings.rate_limit, settings.server.worker_count
     if rate.enabled and not rate.shared and workers > 1:
         yield Finding(
             "warning", "rate-limit-memory-multiworker", "rate_limit.storage_uri",

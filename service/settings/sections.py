@@ -16,7 +16,8 @@ class ServerSettings(Section):
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to bind.")
     workers: int = Field(
-        1, ge=1, le=64, description="1 runs one uvicorn process; more runs gunicorn workers."
+        1, ge=0, le=64, description="1 runs one uvicorn process; more runs gunicorn workers; "
+        "0 runs one gunicorn worker per CPU."
     )
     keep_alive_s: int = Field(
         75,
@@ -27,11 +28,12 @@ class ServerSettings(Section):
     graceful_timeout_s: int = Field(
         30, ge=1, description="gunicorn graceful_timeout: how long workers may drain on stop."
     )
-    drain_timeout_s: float = Field(
-        20.0, ge=0, description="On SIGTERM/SIGINT, open runs get this long to finish; then "
+    drain_timeout_s: float | None = Field(
+        None, ge=0, description="On SIGTERM/SIGINT, open runs get this long to finish; then "
         "they are stopped at their last finished step and their streams end with "
         "`error` (shutting_down, retryable) and `end`. Must be shorter than "
-        "graceful_timeout_s, so streams end cleanly before the server gives up on them."
+        "graceful_timeout_s, so streams end cleanly before the server gives up on them. "
+        "Default: two thirds of graceful_timeout_s (20 s)."
     )
     worker_tmp_dir: str | None = Field(
         None, description="gunicorn heartbeat dir; default /dev/shm when it exists (tmpfs)."
@@ -47,11 +49,28 @@ class ServerSettings(Section):
     )
     max_requests_jitter: int = Field(0, ge=0, description="Random spread added to max_requests.")
 
+    @property
+    def drain_s(self) -> float:
+        """The drain period in force (see drain_timeout_s)."""
+        if self.drain_timeout_s is not None:
+            return self.drain_timeout_s
+        return self.graceful_timeout_s * 2 / 3
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the number of CPUs this process may use."""
+        if self.workers:
+            return self.workers
+        import os
+
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+
     @field_validator("drain_timeout_s")
     @classmethod
-    def _drain_fits(cls, value: float, info: ValidationInfo) -> float:
+    def _drain_fits(cls, value: float | None, info: ValidationInfo) -> float | None:
         graceful = info.data.get("graceful_timeout_s")
-        if isinstance(graceful, int) and value >= graceful:
+        if value is not None and isinstance(graceful, int) and value >= graceful:
             raise ValueError(f"must be shorter than graceful_timeout_s ({graceful})")
         return value
 
