@@ -21,11 +21,13 @@ from starlette.responses import JSONResponse, Response
 from service.observability.tracing import current_trace_ids
 
 PROBLEM_TYPE = "application/problem+json"
-ERROR_HEADERS = {
-    "cache-control": "no-store",
+# What every API response carries (SecurityHeadersMiddleware adds them; error responses
+# carry them themselves, since a 500 is rendered outside that middleware).
+HARDENING_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "x-frame-options": "DENY",
+    "cache-control": "no-store",
 }
 log = structlog.get_logger("graphgate.errors")
 
@@ -135,7 +137,7 @@ def problem(
         body["trace_id"] = trace[0]  # to find the request's trace from a bug report
     body.update(extra)
     # The hardening headers again: a 500 is rendered outside the middleware that adds them.
-    all_headers = {"x-request-id": rid, **ERROR_HEADERS, **(headers or {})}
+    all_headers = {"x-request-id": rid, **HARDENING_HEADERS, **(headers or {})}
     return JSONResponse(body, status_code=status, headers=all_headers, media_type=PROBLEM_TYPE)
 
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.api.deps import RequestIdDep, ResourcesDep, requires
+from service.api.responses import json_response
 from service.api.runs import message_input, start_run
 from service.api.schemas import ChatRequest, ChatResponse, StreamRequest
 from service.errors import ServiceError, ServiceUnavailable, StorageUnavailableError
 from service.observability.stream_metrics import StreamRecorder
 from service.security.principal import RUNS_CREATE, Principal
 from service.streaming.executor import SHUTTING_DOWN, STORAGE, TIMEOUT, RunError, RunEvent
-from service.streaming.serialize import dumps
 from service.streaming.sse import EmitFrame, EventStreamResponse
 from service.streaming.v1_events import V1EventEncoder, is_token
 
@@ -38,9 +38,6 @@ class _RunFailed(ServiceError):
 class _RunTimedOut(ServiceError):
     status, code, title = 504, "run_timeout", "Run timed out"
 
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(dumps(payload), status_code=status, media_type="application/json")
 
 
 @router.post("/chat/stream", responses=SSE_RESPONSE_DOC, response_class=Response)
@@ -125,7 +122,7 @@ async def chat(
         "reply": _last_ai_text(final),
         "output": final,
     }
-    return _json(payload)
+    return json_response(payload)
 
 
 async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope,

@@ -14,13 +14,13 @@ from fastapi.responses import Response
 from langgraph.pregel import Pregel
 
 from service.api.deps import ResourcesDep, ThreadScope, requires, thread_scope
+from service.api.responses import json_response
 from service.api.schemas import CHECKPOINT_ID_PATTERN, THREAD_ID_PATTERN
 from service.api.threads_view import snapshot_payload
 from service.errors import ThreadBusyError, ThreadNotFound
 from service.resources import Resources
 from service.security.principal import THREADS_READ, THREADS_WRITE, Principal
 from service.streaming.executor import ThreadBusy
-from service.streaming.serialize import dumps
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -28,9 +28,6 @@ ThreadIdPath = Annotated[str, Path(pattern=THREAD_ID_PATTERN)]
 Reader = Annotated[Principal, Depends(requires(THREADS_READ))]
 Writer = Annotated[Principal, Depends(requires(THREADS_WRITE))]
 
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(dumps(payload), status_code=status, media_type="application/json")
 
 
 def _config(key: str, checkpoint_id: str | None = None) -> Any:
@@ -72,7 +69,7 @@ async def list_threads(
         for r in records
     ]
     next_offset = offset + len(items) if len(items) == limit else None
-    return _json({"items": items, "next_offset": next_offset})
+    return json_response({"items": items, "next_offset": next_offset})
 
 
 @router.get("/threads/{thread_id}/state")
@@ -82,7 +79,7 @@ async def thread_state(thread_id: ThreadIdPath, request: Request, res: Resources
     key = _resolve(request, res, principal, thread_id)
     graph = await _thread_graph(res, key)
     snapshot = await graph.aget_state(_config(key))
-    return _json({"thread_id": thread_id, **snapshot_payload(snapshot)})
+    return json_response({"thread_id": thread_id, **snapshot_payload(snapshot)})
 
 
 @router.get("/threads/{thread_id}/history")
@@ -104,7 +101,7 @@ async def thread_history(
                                                        before=before_config)
     ]
     next_before = items[-1]["checkpoint_id"] if len(items) == limit else None
-    return _json({"thread_id": thread_id, "items": items, "next_before": next_before})
+    return json_response({"thread_id": thread_id, "items": items, "next_before": next_before})
 
 
 @router.delete("/threads/{thread_id}", status_code=204, response_class=Response)

@@ -10,17 +10,15 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import HARDENING_HEADERS
+
 
 class SecurityHeadersMiddleware:
     def __init__(
         self, app: ASGIApp, *, hsts_max_age_s: int = 0, hsts_include_subdomains: bool = False
     ) -> None:
         self.app = app
-        headers = {
-            "x-content-type-options": "nosniff",
-            "referrer-policy": "no-referrer",
-            "x-frame-options": "DENY",
-        }
+        headers = dict(HARDENING_HEADERS)
         if hsts_max_age_s > 0:
             hsts = f"max-age={hsts_max_age_s}"
             headers["strict-transport-security"] = (
@@ -36,10 +34,9 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
+                # setdefault: a response's own Cache-Control (streams set theirs) wins.
                 for name, value in self.headers.items():
                     headers.setdefault(name, value)
-                # Responses may hold conversation state: never cached (streams set it too).
-                headers.setdefault("cache-control", "no-store")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -34,13 +34,18 @@ class StreamRecorder:
         self.started = clock()
         self.first_event = self.first_token = False
         self.events_sent = 0
+        self._event_counters: dict[str, Any] = {}
         # Fields for the request's access log line (scope["state"]["access"]).
         self.access = access if access is not None else {}
         metrics.streams_open.labels(graph).inc()
 
     def event(self, name: str, *, token: bool = False) -> None:
+        # Called once per token: the labelled child is looked up once per event name.
         self.events_sent += 1
-        self.metrics.stream_events.labels(name).inc()
+        counter = self._event_counters.get(name)
+        if counter is None:
+            counter = self._event_counters[name] = self.metrics.stream_events.labels(name)
+        counter.inc()
         # `metadata` goes out before the graph starts; the first event of the graph's is
         # what a client waits for.
         if not self.first_event and name != "metadata":
