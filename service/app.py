@@ -18,6 +18,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from service import __version__
 from service.api import health, v1, v1_threads
 from service.api import metrics as metrics_api
+from service.api.agent import assistants
+from service.api.agent import runs as agent_runs
+from service.api.agent import threads as agent_threads
 from service.errors import install_error_handlers
 from service.graphs.loader import load_graphs
 from service.lifecycle import Lifecycle
@@ -159,7 +162,9 @@ def create_app(
         app, storage_errors=STORAGE_ERRORS,
         on_storage_error=metrics.storage_errors.labels("checkpointer").inc,
     )
-    routers = [health.router, v1.router, v1_threads.router]
+    routers = [health.router, v1.router, v1_threads.router,
+               # The LangGraph Agent Server protocol, for langgraph-sdk and agent-chat-ui.
+               assistants.router, agent_threads.router, agent_runs.router]
     if settings.metrics.enabled:
         routers.append(metrics_api.router)
     for router in routers:

@@ -1,4 +1,4 @@
-"""The `graphgate` command: serve, migrate, config, version."""
+"""The `graphgate` command: serve, migrate, config, version, chat."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service import __version__
+from service.chat import add_chat_parser
 from service.security.keys_cli import add_keys_parser, run_keys_command
 from service.settings import ConfigError, Settings, load_settings, public_view
 
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="exit non-zero on any warning, not only on critical findings")
     check.add_argument("--format", choices=("text", "json"), default="text", dest="fmt")
     add_keys_parser(commands)
+    add_chat_parser(commands)
     commands.add_parser("version", help="print version information")
     return parser
 
@@ -174,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":
         return run_keys_command(args)
+    if args.command == "chat":
+        from service.chat import run_chat
+
+        return run_chat(args)
     if args.command == "version":
         import langgraph.version
 

@@ -20,6 +20,8 @@ TEST_GRAPHS = {
     "odd": "tests.support.graphs:odd",
     "flood": "tests.support.graphs:flood",
     "stubborn": "tests.support.graphs:stubborn",
+    "approval": "tests.support.graphs:approval",
+    "nested": "tests.support.graphs:nested",
 }
 
 

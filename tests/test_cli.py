@@ -53,7 +53,7 @@ def test_help_lists_commands() -> None:
     """`graphgate --help` lists every command."""
     result = graphgate("--help")
     assert result.returncode == 0
-    for command in ("serve", "migrate", "config", "check-config", "keys", "version"):
+    for command in ("serve", "migrate", "config", "check-config", "keys", "version", "chat"):
         assert command in result.stdout
     serve_help = graphgate("serve", "--help").stdout
     assert "--workers" in serve_help and "--host" in serve_help and "--port" in serve_help

@@ -54,8 +54,9 @@ _API_KEY_DOC = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="Api
 _BEARER_DOC = HTTPBearer(auto_error=False, scheme_name="BearerJWT")
 
 
-def requires(scope: str) -> Callable[..., Principal]:
-    """A dependency giving the caller, or 403 when its credentials lack `scope`."""
+def requires(scope: str | None) -> Callable[..., Principal]:
+    """A dependency giving the caller, or 403 when its credentials lack `scope`
+    (None: any authenticated caller)."""
 
     def dependency(
         request: Request,
@@ -63,11 +64,11 @@ def requires(scope: str) -> Callable[..., Principal]:
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_DOC)] = None,
     ) -> Principal:
         principal = get_principal(request)
-        if not principal.has_scope(scope):
+        if scope is not None and not principal.has_scope(scope):
             raise InsufficientScope(scope)
         return principal
 
-    dependency.__name__ = f"requires_{scope.replace(':', '_')}"
+    dependency.__name__ = f"requires_{(scope or 'caller').replace(':', '_')}"
     return dependency
 
 

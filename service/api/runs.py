@@ -30,7 +30,7 @@ from service.resources import Resources
 from service.security.principal import Principal
 from service.security.stream_slots import Slot, StreamSlotsFull, StreamSlotsUnavailable
 from service.settings import LimitsSettings
-from service.streaming.executor import Run, RunRequest, StreamMode, ThreadBusy
+from service.streaming.executor import GraphStreamMode, Run, RunOptions, RunRequest, ThreadBusy
 
 log = structlog.get_logger("graphgate.rate_limit")
 
@@ -51,8 +51,18 @@ class StartedRun:
         with anyio.CancelScope(shield=True):
             try:
                 await self.run.release()
+                await self.run.finish()
             finally:
                 await self.slot.release()
+
+
+def final_status(run: Run) -> str:
+    """The thread's status once `run` is over (the Agent Server protocol's statuses)."""
+    if run.outcome == "success":
+        return "interrupted" if run.interrupted else "idle"
+    if run.outcome == "pending":  # cancelled: the thread keeps its last committed step
+        return "idle"
+    return "error"
 
 
 def message_input(message: str) -> dict[str, Any]:
@@ -92,8 +102,9 @@ async def start_run(
     graph_name: str | None,
     thread_id: str | None,
     graph_input: Any,
-    modes: list[StreamMode],
+    modes: Sequence[GraphStreamMode],
     request_id: str,
+    options: RunOptions | None = None,
 ) -> StartedRun:
     metrics = res.metrics
     if res.lifecycle.draining:
@@ -126,6 +137,7 @@ async def start_run(
     run_request = RunRequest(
         graph_name=name, graph=graph, thread_id=thread_id, thread_key=space.key(thread_id),
         input=graph_input, stream_modes=modes, request_id=request_id,
+        options=options or RunOptions(),
     )
     try:
         run = await res.executor.start(run_request)
@@ -140,9 +152,25 @@ async def start_run(
     # For the request's access log line.
     request.scope.setdefault("state", {})["access"] = {
         "thread_id": thread_id, "run_id": run.run_id, "graph": name}
+    threads = res.persistence.threads
     try:
-        await res.persistence.threads.touch(space.owner, thread_id, name)
+        await threads.touch(space.owner, thread_id, name, status="busy")
     except BaseException:
         await started.close()
         raise
+
+    async def record_status(finished: Run) -> None:
+        await threads.set_status(space.owner, finished.request.thread_id, final_status(finished))
+
+    run.on_finish = record_status
     return started
+
+
+async def cancel_on_disconnect(request: Request, scope: anyio.CancelScope,
+                               disconnected: anyio.Event) -> None:
+    """Cancel `scope` when the client hangs up (for runs answered in one response)."""
+    # The body has been read, so the next message is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    disconnected.set()
+    scope.cancel()

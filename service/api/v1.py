@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from service.api.deps import RequestIdDep, ResourcesDep, requires
 from service.api.responses import json_response
-from service.api.runs import message_input, start_run
+from service.api.runs import cancel_on_disconnect, message_input, start_run
 from service.api.schemas import ChatRequest, ChatResponse, StreamRequest
 from service.errors import ServiceError, ServiceUnavailable, StorageUnavailableError
 from service.observability.stream_metrics import StreamRecorder
@@ -99,7 +99,7 @@ async def chat(
     try:
         async with anyio.create_task_group() as tg:
             # A client that hangs up cancels its run, as a closed stream does.
-            tg.start_soon(_cancel_on_disconnect, request, tg.cancel_scope, disconnected)
+            tg.start_soon(cancel_on_disconnect, request, tg.cancel_scope, disconnected)
             await run.produce(collect)
             tg.cancel_scope.cancel()
     finally:
@@ -123,15 +123,6 @@ async def chat(
         "output": final,
     }
     return json_response(payload)
-
-
-async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope,
-                                 disconnected: anyio.Event) -> None:
-    # The body has been read, so the next message is the client's disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    disconnected.set()
-    scope.cancel()
 
 
 def _last_ai_text(values: Any) -> str | None:

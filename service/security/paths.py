@@ -5,7 +5,8 @@ from __future__ import annotations
 from service.settings import Settings
 
 # Orchestrators and load balancers probe these; they must never be locked out or throttled.
-PROBE_PATHS = ("/healthz", "/readyz")
+# /ok is the official LangGraph server's health path, which its clients probe.
+PROBE_PATHS = ("/healthz", "/readyz", "/ok")
 METRICS_PATH = "/metrics"
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 

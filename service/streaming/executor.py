@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -34,6 +34,9 @@ from service.settings import RunSettings, StreamingSettings
 
 StreamMode = Literal["values", "updates", "messages", "custom", "debug"]
 STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "messages", "custom", "debug")
+# Every LangGraph stream mode an API family may ask the executor for.
+GraphStreamMode = Literal[
+    "values", "updates", "messages", "custom", "debug", "tasks", "checkpoints"]
 
 log = structlog.get_logger("graphgate.run")
 
@@ -55,10 +58,15 @@ class ThreadBusy(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
-    """One thing that happened in a run: `metadata`, a stream mode's output, `error`, `end`."""
+    """One thing that happened in a run: `metadata`, a stream mode's output, `error`, `end`.
+
+    `namespace` names the subgraph an output came from (empty for the graph itself; only
+    runs that asked for subgraph output see others).
+    """
 
     event: str
     data: Any
+    namespace: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,30 @@ def classify(exc: BaseException) -> RunError:
     return GRAPH
 
 
+# Configurable keys LangGraph itself reads: a client setting them could point the run at
+# another thread or checkpoint (`thread_id` is how owners are kept apart) or reach into
+# the runtime. Client `configurable` values are passed to the graph without these.
+RESERVED_CONFIGURABLE = frozenset({
+    "thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id",
+})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a client may pass to the graph besides its input (Agent Server protocol)."""
+
+    configurable: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+    recursion_limit: int | None = None  # capped by [runs] recursion_limit
+    context: Any = None
+    interrupt_before: Sequence[str] | Literal["*"] | None = None
+    interrupt_after: Sequence[str] | Literal["*"] | None = None
+    subgraphs: bool = False
+    checkpoint_id: str | None = None  # run from this checkpoint of the thread (time travel)
+    durability: Literal["sync", "async", "exit"] | None = None  # else [runs] durability
+
+
 @dataclass(frozen=True)
 class RunRequest:
     graph_name: str
@@ -103,9 +135,10 @@ class RunRequest:
     thread_id: str  # as the client knows it
     thread_key: str  # the checkpointer's and leases' key: namespaced by owner
     input: Any
-    stream_modes: Sequence[StreamMode]
+    stream_modes: Sequence[GraphStreamMode]
     request_id: str
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 # Synchronous and non-blocking by contract; see service/streaming/sse.py for why.
@@ -125,15 +158,30 @@ class Run:
         self._run_scope: anyio.CancelScope | None = None
         self._abandoned: asyncio.Future[None] | None = None
         self.outcome: Literal["pending", "success", "error", "timeout"] = "pending"
+        # The graph stopped at an interrupt (dynamic `interrupt()` or interrupt_before/after)
+        # and waits to be resumed.
+        self.interrupted = False
+        # Told once the run is over, before `end` goes out (e.g. to record the thread's
+        # status, so a client reading the thread after `end` sees it settled).
+        self.on_finish: Callable[[Run], Awaitable[None]] | None = None
+        self._finished = False
 
     def config(self) -> RunnableConfig:
         req = self.request
-        # Built entirely server-side: clients never supply configurable keys.
+        options = req.options
+        limit = self._executor.run_settings.recursion_limit
+        configurable = {k: v for k, v in options.configurable.items()
+                        if k not in RESERVED_CONFIGURABLE and not k.startswith("__")}
+        configurable["thread_id"] = req.thread_key
+        if options.checkpoint_id is not None:  # a checkpoint of this same thread
+            configurable["checkpoint_id"] = options.checkpoint_id
+        # The thread key, run id and graph are always ours, whatever the client sent.
         return {
-            "configurable": {"thread_id": req.thread_key},
-            "recursion_limit": self._executor.run_settings.recursion_limit,
+            "configurable": configurable,
+            "recursion_limit": min(options.recursion_limit or limit, limit),
             "run_id": uuid.UUID(req.run_id),
-            "metadata": {"graph_id": req.graph_name, "run_id": req.run_id},
+            "metadata": {**options.metadata, "graph_id": req.graph_name, "run_id": req.run_id},
+            "tags": list(options.tags),
         }
 
     async def produce(self, emit: Emit) -> None:
@@ -194,6 +242,7 @@ class Run:
         # turn the moment it sees `end` must not race our release and get a 409.
         with anyio.CancelScope(shield=True):
             await self.release()
+            await self.finish()
         if error is not None:
             emit(RunEvent("error", error))
         emit(RunEvent("end", {"run_id": self.run_id, "status": self.outcome}))
@@ -220,27 +269,43 @@ class Run:
 
     async def _consume(self, emit: Emit) -> None:
         req = self.request
+        options = req.options
         observer = self._executor.observer
         modes: list[Any] = list(req.stream_modes)
         # Node timings come from LangGraph's task events; asked for only when observed,
-        # and passed on only if the client asked for them too.
+        # and passed on only if the client asked for them too. Likewise `updates`, which
+        # is where LangGraph reports that a run stopped at an interrupt.
         timed = observer is not None and "tasks" not in modes
         if timed:
             modes.append("tasks")
+        watch_updates = "updates" not in modes
+        if watch_updates:
+            modes.append("updates")
         started: dict[str, float] = {}
         stream: AsyncGenerator[Any, None] = req.graph.astream(  # type: ignore[assignment]
             req.input,
             self.config(),
+            context=options.context,
             stream_mode=modes,
-            durability=self._executor.run_settings.durability,
+            interrupt_before=options.interrupt_before,
+            interrupt_after=options.interrupt_after,
+            subgraphs=options.subgraphs,
+            durability=options.durability or self._executor.run_settings.durability,
         )  # an async generator, though typed as an iterator
         async with contextlib.aclosing(stream):
-            async for mode, chunk in stream:
+            async for item in stream:
+                namespace, mode, chunk = item if options.subgraphs else ((), *item)
                 if mode == "tasks" and observer is not None and isinstance(chunk, dict):
-                    self._time_task(observer, chunk, started)
+                    if not namespace:
+                        self._time_task(observer, chunk, started)
                     if timed:
                         continue
-                emit(RunEvent(mode, chunk))
+                elif mode == "updates":
+                    if not namespace and isinstance(chunk, dict) and "__interrupt__" in chunk:
+                        self.interrupted = True
+                    if watch_updates:
+                        continue
+                emit(RunEvent(mode, chunk, tuple(namespace)))
 
     def _time_task(self, observer: RunObserver, task: dict[str, Any],
                    started: dict[str, float]) -> None:
@@ -281,6 +346,18 @@ class Run:
                 self._lease_lost = True
                 run_scope.cancel()
                 return
+
+    async def finish(self) -> None:
+        """Run the `on_finish` hook once (also for a run cancelled before it ended)."""
+        if self._finished or self.on_finish is None:
+            return
+        self._finished = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.on_finish(self)
+            except Exception as exc:
+                log.warning("run_finish_hook_failed", run_id=self.run_id,
+                            exc_type=type(exc).__name__)
 
     def stop_for_shutdown(self) -> None:
         """End the run at its last finished step: the client gets `error` (shutting_down,

@@ -235,7 +235,7 @@ def test_posture_of_the_secure_baseline(secure: Secure) -> None:
     assert jwt["claims"]["tenant"] == "tenant"
     assert auth["share_threads_within_tenant"] is False
     # /metrics skips API-key/JWT auth (it checks its own token and port).
-    assert view["public_paths"] == ["/healthz", "/readyz", "/metrics"]
+    assert view["public_paths"] == ["/healthz", "/readyz", "/ok", "/metrics"]
     assert view["rate_limit"]["storage"] == {
         "kind": "redis", "scheme": "redis", "address": "redis.internal:6379"
     }
@@ -286,12 +286,12 @@ def test_metrics_behind_a_port_or_token_or_off_is_not_reported(
 
 
 @pytest.mark.parametrize(("env", "metrics_enabled", "expected"), [
-    ("production", False, ["/healthz", "/readyz"]),
-    ("production", True, ["/healthz", "/readyz", "/metrics"]),
+    ("production", False, ["/healthz", "/readyz", "/ok"]),
+    ("production", True, ["/healthz", "/readyz", "/ok", "/metrics"]),
     ("development", False,
-     ["/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"]),
+     ["/healthz", "/readyz", "/ok", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"]),
     ("development", True,
-     ["/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+     ["/healthz", "/readyz", "/ok", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
       "/redoc"]),
 ])
 def test_public_paths_are_the_apps(
@@ -695,7 +695,7 @@ def test_render_text_lists_posture_and_findings(secure: Secure) -> None:
     assert "scopes=runs:create threads:read" in text
     assert "trusted_proxies: 10.0.0.10" in text
     assert "address: redis.internal:6379" in text
-    assert "public_paths: /healthz, /readyz, /metrics" in text
+    assert "public_paths: /healthz, /readyz, /ok, /metrics" in text
     assert "WARNING  metrics-public (metrics.token):" in text
     assert "metrics.port / metrics.token" in text
     assert text.rstrip().endswith("0 critical, 1 warning, 0 info")

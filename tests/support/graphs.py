@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import START, StateGraph
+from langgraph.types import interrupt
 
 # Observations made inside the server process (thread servers share this module).
 EVENTS: list[str] = []
@@ -109,3 +110,47 @@ async def _stubborn(state: Steps) -> dict[str, Any]:
 
 
 stubborn = _two_steps(_stubborn)
+
+
+async def _ask(state: Steps) -> dict[str, Any]:
+    # Pauses the run until a client resumes it with Command(resume=...).
+    answer = interrupt({"question": "approve?", "steps_so_far": state.get("steps", [])})
+    return {"steps": [f"answer:{answer}"]}
+
+
+async def _done(state: Steps) -> dict[str, Any]:
+    return {"steps": ["done"]}
+
+
+def _approval() -> StateGraph[Any]:
+    builder: StateGraph[Any] = StateGraph(Steps)
+    builder.add_node("a", _a)
+    builder.add_node("ask", _ask)
+    builder.add_node("done", _done)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "ask")
+    builder.add_edge("ask", "done")
+    return builder
+
+
+approval = _approval()
+
+
+async def _inner(state: Steps) -> dict[str, Any]:
+    get_stream_writer()({"stage": "inner"})
+    return {"steps": ["inner"]}
+
+
+def _nested() -> StateGraph[Any]:
+    child: StateGraph[Any] = StateGraph(Steps)
+    child.add_node("inner", _inner)
+    child.add_edge(START, "inner")
+    builder: StateGraph[Any] = StateGraph(Steps)
+    builder.add_node("a", _a)
+    builder.add_node("child", child.compile())
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "child")
+    return builder
+
+
+nested = _nested()
