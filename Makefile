@@ -39,3 +39,19 @@ docs: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (bench/, docs/performance.md). `bench`: graphgate side by side with a bare
+# FastAPI app and `langgraph dev` (when langgraph-cli[inmem] is installed), a few minutes;
+# `bench-smoke`: the same harness at tiny sizes, under a minute (tests/bench runs it too).
+.PHONY: bench bench-smoke
+bench: $(VENV)/.installed-run
+	$(BIN)/python -m bench --json-out var/bench/latest.json
+
+bench-smoke: $(VENV)/.installed-run
+	$(BIN)/python -m bench --smoke
+
+# The container image, built with buildah and no network during the build (needs root;
+# see docs/deploy-k8s.md). IMAGE_ARGS passes options, e.g. --push docker-archive:/tmp/g.tar.
+.PHONY: image
+image:
+	scripts/build-image.sh $(IMAGE_ARGS)

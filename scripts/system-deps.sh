@@ -3,6 +3,7 @@
 #   scripts/system-deps.sh          what `make run` needs (python3-venv)
 #   scripts/system-deps.sh --test   plus the real servers the test suite starts
 #                                   (PostgreSQL, Redis, nginx, Prometheus's promtool)
+#                                   and the image build's tools (buildah, debootstrap)
 # Uses apt-get as root, or through sudo when available; otherwise says what is missing.
 set -euo pipefail
 
@@ -22,6 +23,16 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
   if ! command -v promtool >/dev/null; then
     want+=(prometheus)
+  fi
+  # tests/deploy/test_dockerfile_build.py builds the image (scripts/build-image.sh).
+  if ! command -v buildah >/dev/null; then
+    want+=(buildah)
+  fi
+  if [[ ! -x /usr/sbin/debootstrap ]] && ! command -v debootstrap >/dev/null; then
+    want+=(debootstrap)
+  fi
+  if [[ ! -x /usr/sbin/ip ]] && ! command -v ip >/dev/null; then
+    want+=(iproute2)  # brings loopback up in the image test's network namespace
   fi
 fi
 [[ ${#want[@]} -eq 0 ]] && exit 0

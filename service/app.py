@@ -19,6 +19,7 @@ from service import __version__
 from service.api import health, v1, v1_threads
 from service.api import metrics as metrics_api
 from service.api.agent import assistants
+from service.api.agent import run_control as agent_run_control
 from service.api.agent import runs as agent_runs
 from service.api.agent import threads as agent_threads
 from service.errors import install_error_handlers
@@ -49,11 +50,12 @@ from service.persistence.checkpointer import STORAGE_ERRORS
 from service.resources import Resources
 from service.security.api_keys import KeyStore, development_key_store, generate_key
 from service.security.authenticator import open_authenticator
-from service.security.paths import public_paths, unlimited_paths
+from service.security.paths import PROBE_PATHS, public_paths, unlimited_paths
 from service.security.rate_limits import RateLimits
 from service.security.stream_slots import open_stream_slots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
+from service.streaming.run_manager import RunManager, purge_run_events
 
 SHUTDOWN_RELEASE_WAIT_S = 5.0
 
@@ -129,8 +131,11 @@ def create_app(
             restore_signals = lifecycle.chain_signal_handlers()
             # SIGHUP re-reads the API keys file (revocations apply without a restart).
             stack.callback(lifecycle.on_reload(authenticator.reload))
+            run_manager = RunManager(persistence.runs, persistence.events, settings.runs,
+                                     settings.streaming)
+            sampler.start_soon(purge_run_events, persistence.events, settings.runs)
             resources = Resources(settings, persistence, graphs, executor, lifecycle,
-                                  authenticator, rate_limits, stream_slots, metrics)
+                                  authenticator, rate_limits, stream_slots, metrics, run_manager)
             try:
                 yield {
                     "resources": resources,
@@ -144,6 +149,8 @@ def create_app(
                 # still be running; let them finish before the store closes under them.
                 with anyio.move_on_after(SHUTDOWN_RELEASE_WAIT_S):
                     await executor.wait_idle()
+                    # Background runs record how they ended before the store closes.
+                    await run_manager.aclose()
                 await shutdown_tracer_provider(provider)
 
     route_templates = RouteTemplates()
@@ -164,7 +171,8 @@ def create_app(
     )
     routers = [health.router, v1.router, v1_threads.router,
                # The LangGraph Agent Server protocol, for langgraph-sdk and agent-chat-ui.
-               assistants.router, agent_threads.router, agent_runs.router]
+               assistants.router, agent_threads.router, agent_runs.router,
+               agent_run_control.router]
     if settings.metrics.enabled:
         routers.append(metrics_api.router)
     for router in routers:
@@ -210,7 +218,11 @@ def middleware_stack(settings: Settings, metrics: Metrics,
                                 hsts_max_age_s=settings.http.hsts_max_age_s,
                                 hsts_include_subdomains=settings.http.hsts_include_subdomains))
     if settings.http.allowed_hosts:
-        stack.append(Middleware(AllowedHostsMiddleware, allowed_hosts=settings.http.allowed_hosts))
+        # Inside the metrics listener, which keeps everything but /metrics and the
+        # probes off the metrics port; those two reach pods by address (see the module).
+        metrics_port = settings.metrics.port if settings.metrics.enabled else None
+        stack.append(Middleware(AllowedHostsMiddleware, allowed_hosts=settings.http.allowed_hosts,
+                                exempt_paths=PROBE_PATHS, exempt_port=metrics_port))
     if settings.cors.enabled:
         # Outside auth: preflights carry no credentials, and a browser can read a 401 or
         # 429 only if it carries the CORS headers.

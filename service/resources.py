@@ -13,6 +13,7 @@ from service.security.rate_limits import RateLimits
 from service.security.stream_slots import StreamSlots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
+from service.streaming.run_manager import RunManager
 
 
 @dataclass(frozen=True)
@@ -26,3 +27,5 @@ class Resources:
     rate_limits: RateLimits
     stream_slots: StreamSlots
     metrics: Metrics
+    # Agent Server protocol runs, each in a task of its own (see RunManager).
+    runs: RunManager

@@ -2,6 +2,10 @@
 
 Starlette's TrustedHostMiddleware answers with a plain-text 400; this answers in the
 service's one error shape. `*.example.com` matches any subdomain (not the apex).
+
+Probes (kubelet, load balancers) and scrapes on the separate metrics port reach a
+process by its address, not its name; they are exempt. They carry no credentials and
+render nothing a poisoned Host could steer, which is what the check protects against.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class AllowedHostsMiddleware:
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str],
+                 exempt_paths: Sequence[str] = (), exempt_port: int | None = None) -> None:
         self.app = app
         self.exact = frozenset(h.lower() for h in allowed_hosts if not h.startswith("*."))
         self.suffixes = tuple(h.lower()[1:] for h in allowed_hosts if h.startswith("*."))
+        self.exempt_paths = frozenset(exempt_paths)
+        self.exempt_port = exempt_port
 
     def allows(self, host: str) -> bool:
         if not _HOST.fullmatch(host):
@@ -34,7 +41,10 @@ class AllowedHostsMiddleware:
         return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        server = scope.get("server")
+        if (scope["type"] != "http" or scope["path"] in self.exempt_paths
+                or (self.exempt_port is not None and server is not None
+                    and server[1] == self.exempt_port)):
             await self.app(scope, receive, send)
             return
         host = ""

@@ -1,7 +1,25 @@
-"""Checkpointers, migrations, run leases and the thread registry, made in the app lifespan."""
+"""Checkpointers, migrations, run leases, the thread and run registries and the run event
+log, made in the app lifespan."""
 
 from service.persistence.checkpointer import Persistence, StorageUnavailable, open_persistence
+from service.persistence.event_log import (
+    EventLog,
+    LoggedEvent,
+    MemoryEventLog,
+    PostgresEventLog,
+    SqliteEventLog,
+    StreamFinished,
+)
 from service.persistence.instrumented import StoreObserver, TimedSaver, pool_stats
+from service.persistence.runs import (
+    RUN_STATUSES,
+    MemoryRuns,
+    PostgresRuns,
+    RunExists,
+    RunRecord,
+    RunRegistry,
+    SqliteRuns,
+)
 from service.persistence.threads import (
     MemoryThreads,
     PostgresThreads,
@@ -13,12 +31,25 @@ from service.persistence.threads import (
 )
 
 __all__ = [
+    "RUN_STATUSES",
+    "EventLog",
+    "LoggedEvent",
+    "MemoryEventLog",
+    "MemoryRuns",
     "MemoryThreads",
     "Persistence",
+    "PostgresEventLog",
+    "PostgresRuns",
     "PostgresThreads",
+    "RunExists",
+    "RunRecord",
+    "RunRegistry",
+    "SqliteEventLog",
+    "SqliteRuns",
     "SqliteThreads",
     "StorageUnavailable",
     "StoreObserver",
+    "StreamFinished",
     "ThreadRecord",
     "ThreadRegistry",
     "TimedSaver",

@@ -22,6 +22,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.persistence.event_log import POSTGRES_SCHEMA as EVENTS_POSTGRES_SCHEMA
+from service.persistence.event_log import (
+    EventLog,
+    MemoryEventLog,
+    PostgresEventLog,
+    SqliteEventLog,
+)
 from service.persistence.instrumented import StoreObserver, TimedSaver, pool_stats
 from service.persistence.leases import POSTGRES_SCHEMA as LEASES_POSTGRES_SCHEMA
 from service.persistence.leases import (
@@ -31,6 +38,8 @@ from service.persistence.leases import (
     SqliteLeases,
     ThreadLeases,
 )
+from service.persistence.runs import POSTGRES_SCHEMA as RUNS_POSTGRES_SCHEMA
+from service.persistence.runs import MemoryRuns, PostgresRuns, RunRegistry, SqliteRuns
 from service.persistence.threads import POSTGRES_SCHEMA as THREADS_POSTGRES_SCHEMA
 from service.persistence.threads import (
     MemoryThreads,
@@ -65,6 +74,10 @@ class Persistence:
     ping: Callable[[], Awaitable[None]]
     # Which owner each thread belongs to; see service.persistence.threads.
     threads: ThreadRegistry
+    # The agent-protocol runs and their logged events; see service.persistence.runs and
+    # service.persistence.event_log.
+    runs: RunRegistry
+    events: EventLog
     # Postgres only: the pool's connections now (size, in_use, idle, waiting); see
     # service.persistence.instrumented.pool_stats. None for SQLite and memory.
     pool_stats: Callable[[], dict[str, int]] | None = None
@@ -87,7 +100,8 @@ async def open_persistence(
     async with contextlib.AsyncExitStack() as stack:
         if kind == "memory":
             persistence = Persistence(
-                kind, InMemorySaver(), MemoryLeases(), _no_ping, MemoryThreads()
+                kind, InMemorySaver(), MemoryLeases(), _no_ping, MemoryThreads(),
+                MemoryRuns(), MemoryEventLog(),
             )
         elif kind == "sqlite":
             persistence = await stack.enter_async_context(_open_sqlite(settings))
@@ -130,12 +144,17 @@ async def _open_sqlite(settings: Settings) -> AsyncIterator[Persistence]:
         # only add another writer contending for the file lock.
         threads = SqliteThreads(lease_conn)
         await threads.setup()
+        # The runs and the event log too, for the same reasons: each write is one statement.
+        runs = SqliteRuns(lease_conn)
+        await runs.setup()
+        events = SqliteEventLog(lease_conn)
+        await events.setup()
 
         async def ping() -> None:
             async with lease_conn.execute("SELECT count(*) FROM checkpoints WHERE 0") as cursor:
                 await cursor.fetchone()
 
-        yield Persistence("sqlite", saver, leases, ping, threads)
+        yield Persistence("sqlite", saver, leases, ping, threads, runs, events)
     finally:
         await lease_conn.close()
         await saver_conn.close()
@@ -198,7 +217,9 @@ async def migrate_postgres(pool: Pool) -> None:
             await AsyncPostgresSaver(conn).setup()
             await conn.execute(LEASES_POSTGRES_SCHEMA)
             # One statement per execute: a prepared statement cannot hold several.
-            for statement in THREADS_POSTGRES_SCHEMA:
+            for statement in (
+                *THREADS_POSTGRES_SCHEMA, *RUNS_POSTGRES_SCHEMA, *EVENTS_POSTGRES_SCHEMA
+            ):
                 await conn.execute(statement)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
@@ -227,7 +248,8 @@ async def _open_postgres(settings: Settings) -> AsyncIterator[Persistence]:
             return pool_stats(pool)
 
         yield Persistence(
-            "postgres", saver, PostgresLeases(pool), ping, PostgresThreads(pool), stats
+            "postgres", saver, PostgresLeases(pool), ping, PostgresThreads(pool),
+            PostgresRuns(pool), PostgresEventLog(pool), stats,
         )
     finally:
         await pool.close()

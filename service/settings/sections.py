@@ -142,6 +142,25 @@ class RunSettings(Section):
         description="A thread's run lease expires this long after its holder stops renewing "
         "it (e.g. a crashed worker); it is renewed every third of this.",
     )
+    event_retention_s: float = Field(
+        3600.0,
+        ge=10,
+        description="Agent Server protocol: how long a finished run's logged events (resumable "
+        "streams, background runs) stay available to clients that reconnect or join.",
+    )
+    max_logged_events: int = Field(
+        50_000,
+        ge=100,
+        description="Agent Server protocol: most events logged per run; a run that emits more "
+        "keeps streaming live, but reconnects past this point cannot replay it.",
+    )
+    cancel_poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="Agent Server protocol: how often a run checks whether another worker or "
+        "replica was asked to cancel it.",
+    )
 
 
 class LimitsSettings(Section):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
-from langgraph_sdk.errors import ConflictError, NotFoundError
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
 from tests.agent.conftest import AgentServer, wait_status
 
@@ -106,3 +107,20 @@ def test_storage_keys_never_reach_the_client(agent: AgentServer) -> None:
     bodies.append(repr(client.threads.search()))
     assert any(thread_id in body for body in bodies)
     assert not any(f".{thread_id}" in body for body in bodies)
+
+
+def test_unstorable_values_are_the_clients_error(agent: AgentServer) -> None:
+    """NUL characters and NaN fit no store: 422 on every store, never a 500."""
+    client = agent.client()
+    with pytest.raises(UnprocessableEntityError):
+        client.threads.create(metadata={"name": "a\u0000b"})
+    thread_id = client.threads.create()["thread_id"]
+    headers = {"X-API-Key": agent.keyring["alice"].key, "Content-Type": "application/json"}
+    for body in (b'{"metadata": {"x": NaN}}',):
+        patched = httpx.patch(f"{agent.url}/threads/{thread_id}", content=body, headers=headers)
+        assert patched.status_code == 422
+    run = httpx.post(f"{agent.url}/threads/{thread_id}/runs/wait", headers=headers,
+                     content=b'{"assistant_id": "demo", "input": {"messages": []},'
+                             b' "context": {"x": NaN}}')
+    assert run.status_code == 422 and run.json()["request_id"]
+    assert client.threads.get(thread_id)["status"] == "idle"

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.security.conftest import KeyRing, SecureServe
+from tests.support.ports import free_port
 from tests.support.servers import ThreadServer
 from tests.support.sse import iter_frames
 
@@ -139,3 +140,23 @@ def test_allowed_hosts_refuse_malformed_hosts(secure_server: SecureServe, keyrin
     response = httpx.get(server.url + "/v1/threads",
                          headers={**keyring["alice"].headers, "Host": host})
     assert response.status_code == 400
+
+
+def test_probes_and_the_metrics_port_answer_any_host(secure_server: SecureServe,
+                                                     keyring: KeyRing) -> None:
+    """Kubelets and Prometheus reach pods by address; the API still checks the Host."""
+    metrics_port = free_port()
+    server = secure_server(http={"allowed_hosts": ["api.example.com"]},
+                           metrics={"port": metrics_port})
+    by_address = {"Host": "10.1.2.3:8000"}
+    for path in ("/healthz", "/readyz", "/ok"):
+        assert httpx.get(server.url + path, headers=by_address).status_code == 200, path
+    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                       headers={"Host": f"10.1.2.3:{metrics_port}"})
+    assert scrape.status_code == 200 and b"graphgate_" in scrape.content
+    api = httpx.get(server.url + "/v1/threads", headers={**keyring["alice"].headers,
+                                                         **by_address})
+    assert api.status_code == 400
+    # The metrics port still serves nothing but /metrics and the probes, whatever the Host.
+    assert httpx.get(f"http://127.0.0.1:{metrics_port}/v1/threads",
+                     headers=keyring["alice"].headers).status_code == 404

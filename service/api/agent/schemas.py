@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.schemas import CHECKPOINT_ID_PATTERN, THREAD_ID_PATTERN
+from service.persistence.threads import dump_metadata
 from service.streaming.agent_events import AGENT_STREAM_MODES
 
 ThreadId = Annotated[str, Field(pattern=THREAD_ID_PATTERN)]
@@ -22,6 +23,19 @@ NodeNames = Literal["*"] | list[Annotated[str, Field(max_length=128)]]
 Page = Annotated[int, Field(ge=1, le=1000)]
 Offset = Annotated[int, Field(ge=0, le=100_000)]
 SortOrder = Literal["asc", "desc"]
+
+
+def _storable(metadata: dict[str, Any]) -> dict[str, Any]:
+    # What no store can hold (NaN, NUL characters, lone surrogates) is the client's
+    # error, refused alike whichever store is configured.
+    try:
+        dump_metadata(metadata)
+    except (TypeError, ValueError):
+        raise ValueError("metadata must be JSON without NaN, NUL or lone surrogates") from None
+    return metadata
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class _Body(BaseModel):
@@ -45,7 +59,7 @@ class AssistantSearch(_Body):
 
 class ThreadCreate(_Body):
     thread_id: ThreadId | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
     graph_id: str | None = None
     ttl: Any = None
@@ -59,7 +73,7 @@ class ThreadCreate(_Body):
 
 
 class ThreadPatch(_Body):
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     ttl: Any = None
 
     @model_validator(mode="after")
@@ -151,7 +165,7 @@ class RunCreate(_Body):
     stream_resumable: bool = False
     config: RunConfig = Field(default_factory=RunConfig)
     context: dict[str, Any] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     checkpoint_id: CheckpointId | None = None
     checkpoint: CheckpointRef | None = None
     interrupt_before: NodeNames | None = None

@@ -12,6 +12,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import StateSnapshot
 
 from service.api.deps import ThreadScope
+from service.persistence.runs import RunRecord
 from service.persistence.threads import ThreadRecord
 from service.resources import Resources
 from service.streaming.serialize import dumps
@@ -115,3 +116,22 @@ async def thread_payload(res: Resources, space: ThreadScope, record: ThreadRecor
         "values": values,
         "interrupts": interrupts,
     }
+
+
+def run_dict(record: RunRecord) -> dict[str, Any]:
+    """A Run as the official server sends it."""
+    return {
+        "run_id": record.run_id,
+        "thread_id": record.thread_id,
+        "assistant_id": record.assistant_id,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "status": record.status,
+        "metadata": record.metadata,
+        "kwargs": record.kwargs,
+        "multitask_strategy": record.multitask_strategy,
+    }
+
+
+def run_payload(record: RunRecord, space: ThreadScope) -> Response:
+    return aliased_json(run_dict(record), space, thread_id=record.thread_id)
