@@ -54,6 +54,13 @@ class Authenticator:
                     raise AuthFailure("unsupported_scheme")
                 bearer = token.strip()
                 seen += 1
+        if seen == 2 and bearer is not None and api_key is not None \
+                and not looks_like_api_key(api_key) and not looks_like_api_key(bearer):
+            # A bearer token beside an X-API-Key that is not one of ours: the LangGraph
+            # SDK adds the user's LangSmith key as x-api-key to every request. It names
+            # no principal here, so the token alone decides (and the key is never used).
+            api_key = None
+            seen = 1
         if seen > 1:
             # Two credentials (or a header sent twice, e.g. one added by a proxy) could
             # name two principals; refuse rather than pick one.

@@ -13,7 +13,7 @@ from langgraph_sdk import get_sync_client
 from langgraph_sdk.client import SyncLangGraphClient
 
 from service.settings import Settings
-from tests.security.conftest import KeyRing, keyring, secure_settings  # noqa: F401
+from tests.security.conftest import KeyRing, keyring, rsa_issuer, secure_settings  # noqa: F401
 from tests.support.servers import ThreadServer
 
 
@@ -45,8 +45,8 @@ def agent_server(serve: Callable[[Settings], ThreadServer], keyring: KeyRing,  #
     started: list[AgentServer] = []
 
     def _start(**overrides: Any) -> AgentServer:
-        settings = secure_settings(database_url, keyring, rate_limit={"enabled": False},
-                                   **overrides)
+        overrides.setdefault("rate_limit", {"enabled": False})
+        settings = secure_settings(database_url, keyring, **overrides)
         started.append(AgentServer(serve(settings), keyring))
         return started[-1]
 
