@@ -53,7 +53,8 @@ def test_cancel_a_running_background_run(agent: AgentServer) -> None:
     client = agent.client()
     thread_id = client.threads.create()["thread_id"]
     run = client.runs.create(thread_id, "slow", input={"steps": []})
-    _wait_for(lambda: client.threads.get_state(thread_id)["values"].get("steps") == ["a"])
+    # Step "a" committed; "b" (a 60 s node) running.
+    _wait_for(lambda: client.threads.get_state(thread_id)["next"] == ["b"])
     with pytest.raises(ConflictError):
         client.runs.delete(thread_id, run["run_id"])
     client.runs.cancel(thread_id, run["run_id"], wait=True)
@@ -88,3 +89,35 @@ def test_deleting_the_thread_deletes_its_runs(agent: AgentServer) -> None:
     client.threads.delete(thread_id)
     client.threads.create(thread_id="short-lived")
     assert client.runs.list(thread_id) == []
+
+
+def _latest_run_status(client: Any, thread_id: str) -> str:
+    return str(client.runs.list(thread_id)[0]["status"])
+
+
+def test_hanging_up_cancels_the_run_by_default(agent: AgentServer) -> None:
+    client = agent.client()
+    thread_id = client.threads.create()["thread_id"]
+    stream = client.runs.stream(thread_id, "slow", input={"steps": []}, stream_mode="custom")
+    assert next(stream).event == "metadata"
+    assert next(stream).data == {"stage": "a"}
+    # Hang up once step "a" is committed and "b" (a 60 s node) is running.
+    _wait_for(lambda: client.threads.get_state(thread_id)["next"] == ["b"])
+    assert _latest_run_status(client, thread_id) == "running"
+    stream.close()
+    _wait_for(lambda: _latest_run_status(client, thread_id) == "interrupted")
+    _wait_for(lambda: client.threads.get(thread_id)["status"] == "idle")
+    assert client.threads.get_state(thread_id)["values"]["steps"] == ["a"]
+
+
+def test_on_disconnect_continue_keeps_the_run_going(agent_server: Any) -> None:
+    agent = agent_server(demo={"token_delay_ms": 30, "reply_tokens": 20})
+    client = agent.client()
+    thread_id = client.threads.create()["thread_id"]
+    stream = client.runs.stream(thread_id, "demo", input=HELLO, on_disconnect="continue",
+                                stream_mode="messages-tuple")
+    assert next(stream).event == "metadata"
+    stream.close()
+    _wait_for(lambda: _latest_run_status(client, thread_id) == "success")
+    messages = client.threads.get_state(thread_id)["values"]["messages"]
+    assert "I have seen 1 message" in messages[-1]["content"]
