@@ -61,6 +61,9 @@ class RunChannel:
         reader = self._readers[token] = Reader(after)
         return token, reader
 
+    def reader(self, token: int) -> Reader:
+        return self._readers[token]
+
     def close_reader(self, token: int) -> None:
         self._readers.pop(token, None)
         self._trim()

@@ -226,7 +226,7 @@ class RunManager:
         if token is None:
             token, reader = channel.open_reader(channel.last_seq if after is None else after)
         else:
-            reader = channel._readers[token]
+            reader = channel.reader(token)
         try:
             while True:
                 if reader.cursor < channel.first_held - 1 and channel.durable:

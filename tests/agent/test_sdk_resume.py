@@ -91,3 +91,19 @@ def test_reconnect_reaches_another_replica(agent_server: Any) -> None:
     resumed = _ids(rest)
     assert resumed[0] == 5 and resumed == list(range(5, 5 + len(resumed)))
     assert b"event: end" in rest.content
+
+
+def test_the_log_keeps_at_most_max_logged_events(agent_server: Any) -> None:
+    """Retention is bounded: past `[runs] max_logged_events` a run streams live only."""
+    agent: AgentServer = agent_server(demo={"token_delay_ms": 0, "reply_tokens": 150},
+                                      runs={"max_logged_events": 100})
+    client = agent.client()
+    thread_id = client.threads.create()["thread_id"]
+    live = list(client.runs.stream(thread_id, "demo", input=HELLO,
+                                   stream_mode="messages-tuple", stream_resumable=True))
+    assert len(live) > 150
+    run_id = live[0].data["run_id"]
+    headers = {"X-API-Key": agent.keyring["alice"].key, "Last-Event-ID": "-1"}
+    replay = httpx.get(f"{agent.url}/threads/{thread_id}/runs/{run_id}/stream",
+                       headers=headers)
+    assert _ids(replay) == list(range(1, 101))
