@@ -222,11 +222,11 @@ class Pod:
         containers: list[Resource] = pod_spec(self.docs).get("initContainers", [])
         return containers
 
-    def run(self, *args: str, env: Mapping[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`graphgate <args>` with the pod's environment, in its directory."""
         return subprocess.run(
-            [sys.executable, "-m", "service", *args], env={**self.env(), **(env or {})},
-            cwd=self.root, capture_output=True, text=True, timeout=120, check=False,
+            [sys.executable, "-m", "service", *args], env=self.env(), cwd=self.root,
+            capture_output=True, text=True, timeout=120, check=False,
         )
 
     def settings(self, monkeypatch: pytest.MonkeyPatch) -> Settings:
