@@ -16,9 +16,10 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from service.app import create_app
 from service.observability.logging import configure_logging
@@ -53,16 +54,17 @@ async def drive(app: Any, state: dict[str, Any], path: str, count: int) -> float
     return (time.perf_counter() - started) / count
 
 
-async def main(requests: int, rounds: int) -> dict[str, Any]:
+async def main(requests: int, rounds: int, sink: TextIO) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {p: {"on": [], "off": []} for p in PATHS}
     for observed in (True, False):  # warm both once (imports, caches)
         configure_logging(settings(observed), stream=io.StringIO())
     for _ in range(rounds):
         for label, observed in (("on", True), ("off", False)):
             cfg = settings(observed)
-            configure_logging(cfg, stream=open("/dev/null", "w"))  # noqa: SIM115
+            configure_logging(cfg, stream=sink)
             app = create_app(cfg)
-            async with app.router.lifespan_context(app) as state:
+            async with app.router.lifespan_context(app) as lifespan_state:
+                state = dict(lifespan_state or {})
                 for path in PATHS:
                     await drive(app, state, path, requests // 10)  # warm-up
                     results[path][label].append(await drive(app, state, path, requests))
@@ -82,7 +84,8 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    report = asyncio.run(main(args.requests, args.rounds))
+    with open(os.devnull, "w") as devnull:
+        report = asyncio.run(main(args.requests, args.rounds, devnull))
     print(f"{'path':32} {'with':>10} {'without':>10} {'overhead':>10} {'ratio':>7}")
     for path, row in report["paths"].items():
         print(f"{path:32} {row['with_us']:>8.1f}us {row['without_us']:>8.1f}us "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -24,12 +24,15 @@ from service.security.principal import Principal, principal_of
 log = structlog.get_logger("graphgate.rate_limit")
 
 
-def get_resources(request: Request) -> Resources:
+# Dependencies are `async def` although they never await: FastAPI runs plain `def`
+# dependencies in the thread pool, a round trip per dependency per request (measured in
+# bench/: about 400 µs of a GET's 1 ms).
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.state.resources
     return resources
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return request_id_of(request)
 
 
@@ -54,11 +57,11 @@ _API_KEY_DOC = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="Api
 _BEARER_DOC = HTTPBearer(auto_error=False, scheme_name="BearerJWT")
 
 
-def requires(scope: str | None) -> Callable[..., Principal]:
+def requires(scope: str | None) -> Callable[..., Awaitable[Principal]]:
     """A dependency giving the caller, or 403 when its credentials lack `scope`
     (None: any authenticated caller)."""
 
-    def dependency(
+    async def dependency(
         request: Request,
         _api_key: Annotated[str | None, Security(_API_KEY_DOC)] = None,
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_DOC)] = None,
