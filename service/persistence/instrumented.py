@@ -1,4 +1,5 @@
-"""Timing for checkpointer calls and a reading of the Postgres pool, for the metrics.
+"""Timing for checkpointer calls and a reading of the Postgres pool, for the metrics;
+and writes that finish even when the run that made them is cancelled.
 
 Persistence does not import observability: `TimedSaver` reports to any `StoreObserver`
 (the app connects one that feeds the checkpointer histogram), and `pool_stats` turns
@@ -7,11 +8,20 @@ psycopg_pool's stats into the four numbers the pool gauge shows.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Protocol, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -26,12 +36,22 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The `operation` values TimedSaver reports: a small fixed set, safe as a metric label.
 OPERATIONS = (
     "get", "list", "put", "put_writes", "delete_thread",
     "delete_for_runs", "copy_thread", "prune", "delta_history",
 )
+
+
+async def _to_completion(write: Awaitable[T]) -> T:
+    """Run a write to its end even if the caller is cancelled (a client hung up, a run
+    was cancelled). The savers write and then commit in separate steps; cut between
+    them, SQLite's saver would keep its transaction, and the file's write lock, open
+    until its next write, and every other writer would time out meanwhile. Finishing
+    also keeps the step the write completes, as a committed step should be kept."""
+    return await asyncio.shield(asyncio.ensure_future(write))
 
 
 class StoreObserver(Protocol):
@@ -140,7 +160,7 @@ class TimedSaver(BaseCheckpointSaver[V]):
     ) -> RunnableConfig:
         started = self._clock()
         try:
-            return await self.inner.aput(config, checkpoint, metadata, new_versions)
+            return await _to_completion(self.inner.aput(config, checkpoint, metadata, new_versions))
         finally:
             self._report("put", started)
 
@@ -153,35 +173,35 @@ class TimedSaver(BaseCheckpointSaver[V]):
     ) -> None:
         started = self._clock()
         try:
-            await self.inner.aput_writes(config, writes, task_id, task_path)
+            await _to_completion(self.inner.aput_writes(config, writes, task_id, task_path))
         finally:
             self._report("put_writes", started)
 
     async def adelete_thread(self, thread_id: str) -> None:
         started = self._clock()
         try:
-            await self.inner.adelete_thread(thread_id)
+            await _to_completion(self.inner.adelete_thread(thread_id))
         finally:
             self._report("delete_thread", started)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         started = self._clock()
         try:
-            await self.inner.adelete_for_runs(run_ids)
+            await _to_completion(self.inner.adelete_for_runs(run_ids))
         finally:
             self._report("delete_for_runs", started)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         started = self._clock()
         try:
-            await self.inner.acopy_thread(source_thread_id, target_thread_id)
+            await _to_completion(self.inner.acopy_thread(source_thread_id, target_thread_id))
         finally:
             self._report("copy_thread", started)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         started = self._clock()
         try:
-            await self.inner.aprune(thread_ids, strategy=strategy)
+            await _to_completion(self.inner.aprune(thread_ids, strategy=strategy))
         finally:
             self._report("prune", started)
 

@@ -403,3 +403,29 @@ def test_pool_stats_signature_takes_any_pool() -> None:
                     "requests_waiting": 5, "requests_num": 99}
 
     assert pool_stats(FakePool()) == {"size": 3, "in_use": 2, "idle": 1, "waiting": 5}
+
+
+def test_a_cancelled_write_still_lands_and_frees_the_store(database_url: str) -> None:
+    """A run cancelled while its checkpoint is being written (a client hanging up) must
+    not leave the write half done: on SQLite that would hold the file's write lock, and
+    every other writer would time out until the saver's next write."""
+
+    async def scenario() -> None:
+        settings = make_settings(database_url)
+        async with open_persistence(settings, observer=Recorder()) as persistence:
+            saver = persistence.checkpointer
+            config: RunnableConfig = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+            checkpoint = empty_checkpoint()
+            write = asyncio.ensure_future(saver.aput(config, checkpoint, {}, {}))
+            await asyncio.sleep(0)  # the write has started
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            # Another writer gets the store at once, and the cancelled write is there.
+            async with asyncio.timeout(3):
+                assert await persistence.leases.acquire("other", "run-1", 30)
+                while (found := await saver.aget_tuple(config)) is None:
+                    await asyncio.sleep(0.01)
+            assert found.checkpoint["id"] == checkpoint["id"]
+
+    run(scenario())
