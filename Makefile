@@ -52,6 +52,13 @@ bench-smoke: $(VENV)/.installed-run
 
 # The container image, built with buildah and no network during the build (needs root;
 # see docs/deploy-k8s.md). IMAGE_ARGS passes options, e.g. --push docker-archive:/tmp/g.tar.
-.PHONY: image
+.PHONY: image test-image
 image:
+	scripts/system-deps.sh --image
 	scripts/build-image.sh $(IMAGE_ARGS)
+
+# Builds the image for real and runs it (about 2.5 minutes from a cold cache); kept out
+# of `make test` so the suite stays well inside CI's time.
+test-image: $(VENV)/.installed-test
+	scripts/system-deps.sh --image
+	$(BIN)/python -m pytest -m image tests/deploy/test_dockerfile_build.py

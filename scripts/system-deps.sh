@@ -3,7 +3,8 @@
 #   scripts/system-deps.sh          what `make run` needs (python3-venv)
 #   scripts/system-deps.sh --test   plus the real servers the test suite starts
 #                                   (PostgreSQL, Redis, nginx, Prometheus's promtool)
-#                                   and the image build's tools (buildah, debootstrap)
+#   scripts/system-deps.sh --image  the image build's tools (buildah, debootstrap),
+#                                   for `make image` and `make test-image`
 # Uses apt-get as root, or through sudo when available; otherwise says what is missing.
 set -euo pipefail
 
@@ -24,7 +25,9 @@ if [[ "${1:-}" == "--test" ]]; then
   if ! command -v promtool >/dev/null; then
     want+=(prometheus)
   fi
-  # tests/deploy/test_dockerfile_build.py builds the image (scripts/build-image.sh).
+fi
+if [[ "${1:-}" == "--image" ]]; then
+  # scripts/build-image.sh and tests/deploy/test_dockerfile_build.py.
   if ! command -v buildah >/dev/null; then
     want+=(buildah)
   fi

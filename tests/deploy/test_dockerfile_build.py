@@ -30,7 +30,7 @@ import pytest
 from tests.support.binaries import missing
 from tests.support.k8s import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TAG = "localhost/graphgate:test"
 UID = 10001
