@@ -139,7 +139,8 @@ def test_response_start_has_sse_headers() -> None:
 
 
 def test_frames_are_forwarded_in_order_and_the_stream_ends() -> None:
-    """Frames reach the client in producer order, then the body is closed."""
+    """Frames reach the client in producer order, then the body is closed. Frames that
+    were already queued together go out in one write."""
     frames = [encode_event("token", str(i).encode(), i) for i in range(20)]
     client = FakeClient()
     on_close = CloseCounter()
@@ -147,7 +148,8 @@ def test_frames_are_forwarded_in_order_and_the_stream_ends() -> None:
         frames_producer(frames), heartbeat_interval_s=5, on_close=on_close
     )
     run_response(response, client)
-    assert client.frames() == frames
+    assert b"".join(client.frames()) == b"".join(frames)
+    assert len(client.frames()) < len(frames)
     last = client.messages[-1]
     assert last == {"type": "http.response.body", "body": b"", "more_body": False}
     assert all(m["more_body"] for m in client.messages[1:-1])
@@ -279,3 +281,16 @@ def test_send_failure_after_client_left_ends_the_stream_quietly() -> None:
         GoneClient(),
     )
     assert on_close.calls == 1
+
+
+def test_frames_produced_apart_are_written_apart() -> None:
+    """Batching never delays a frame: one produced alone goes out on its own, at once."""
+
+    async def producer(emit_frame: EmitFrame) -> None:
+        for i in range(3):
+            emit_frame(encode_event("token", str(i).encode(), i))
+            await anyio.sleep(0.05)
+
+    client = FakeClient()
+    run_response(EventStreamResponse(producer, heartbeat_interval_s=5), client)
+    assert client.frames() == [encode_event("token", str(i).encode(), i) for i in range(3)]
