@@ -38,9 +38,9 @@ class RateLimitMiddleware:
         limits: RateLimits = scope["state"][RATE_LIMITS_STATE_KEY]
         request = Request(scope)
         limiter = limits.requests
-        decision = await limiter.check(request, limits.request_limit(request))
+        decision, extra = await limiter.check_with_headers(request, limits.request_limit(request))
         if decision.verdict == "limited":
-            headers = await limiter.headers(decision)
+            headers = dict(extra)
             headers.setdefault("retry-after", "1")
             log.info("rate_limited", limiter=limiter.name, path=scope["path"])
             if self.metrics is not None:
@@ -58,7 +58,6 @@ class RateLimitMiddleware:
                                headers={"retry-after": "5"})
             await response(scope, receive, send)
             return
-        extra = await limiter.headers(decision)
         if not extra:
             await self.app(scope, receive, send)
             return

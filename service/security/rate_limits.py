@@ -135,6 +135,18 @@ class PrincipalLimiter:
         if self.backend_up is not None:
             self.backend_up.set(1 if up else 0)
 
+    async def check_with_headers(self, request: Request,
+                                 limit: str) -> tuple[Decision, dict[str, str]]:
+        """`check` and `headers` together: one thread hop, not two, with shared storage."""
+        if self.blocking:
+            return await anyio.to_thread.run_sync(self._check_with_headers, request, limit)
+        return self._check_with_headers(request, limit)
+
+    def _check_with_headers(self, request: Request,
+                            limit: str) -> tuple[Decision, dict[str, str]]:
+        decision = self._check(request, limit)
+        return decision, ({} if decision.window is None else self._headers(decision))
+
     async def headers(self, decision: Decision) -> dict[str, str]:
         """X-RateLimit-* (and Retry-After when limited) for a decision, if the storage answers."""
         if decision.window is None:

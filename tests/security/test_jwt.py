@@ -1014,3 +1014,47 @@ def test_a_given_http_client_is_left_open(jwks_server: JwksServer) -> None:
             assert not client.is_closed
 
     asyncio.run(scenario())
+
+
+def test_a_remembered_token_never_outlives_its_exp() -> None:
+    """Verified tokens are remembered to spare the signature check, but never past `exp`."""
+    token = sign(claims(exp=int(time.time()) + 2), HS_SECRET, "HS256")
+
+    async def scenario() -> None:
+        verifier = JwtVerifier(hs_settings(leeway_s=0))
+        await verifier.start()
+        try:
+            first = await verifier.verify(token)
+            assert await verifier.verify(token) == first
+            await asyncio.sleep(2.5)
+            with pytest.raises(AuthFailure) as info:
+                await verifier.verify(token)
+            assert info.value.reason == "expired"
+        finally:
+            await verifier.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_only_the_exact_token_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token differing from a remembered one in any byte is verified afresh, and the
+    memory holds a bounded number of tokens."""
+    monkeypatch.setattr("service.security.jwt.VERIFIED_CACHE_MAX", 3)
+    tokens = [sign(claims(sub=f"user-{i}"), HS_SECRET, "HS256") for i in range(5)]
+
+    async def scenario() -> None:
+        verifier = JwtVerifier(hs_settings())
+        await verifier.start()
+        try:
+            for token in tokens:
+                await verifier.verify(token)
+            assert len(verifier._verified) == 3
+            head, payload, signature = tokens[-1].split(".")
+            swapped = "B" if signature[5] == "A" else "A"
+            tampered = f"{head}.{payload}.{signature[:5]}{swapped}{signature[6:]}"
+            with pytest.raises(AuthFailure):
+                await verifier.verify(tampered)
+        finally:
+            await verifier.aclose()
+
+    asyncio.run(scenario())
