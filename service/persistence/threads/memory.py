@@ -43,6 +43,13 @@ class MemoryThreads:
     def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
         self._clock = clock
         self._threads: dict[tuple[str, str], _Held] = {}
+        # Each owner's thread ids, so a listing reads that owner's threads, not everyone's.
+        self._by_owner: dict[str, set[str]] = {}
+
+    def _put(self, owner: str, thread_id: str, held: _Held) -> _Held:
+        self._threads[owner, thread_id] = held
+        self._by_owner.setdefault(owner, set()).add(thread_id)
+        return held
 
     async def touch(
         self, owner: str, thread_id: str, graph: str, *, status: str | None = None
@@ -53,7 +60,7 @@ class MemoryThreads:
         now = self._clock()
         held = self._threads.get((owner, thread_id))
         if held is None:
-            self._threads[owner, thread_id] = _Held(graph, now, now, "{}", status or "idle")
+            self._put(owner, thread_id, _Held(graph, now, now, "{}", status or "idle"))
         else:
             self._threads[owner, thread_id] = replace(
                 held, graph=graph, updated_at=max(held.updated_at, now),
@@ -66,8 +73,7 @@ class MemoryThreads:
         if (owner, thread_id) in self._threads:
             return None
         now = self._clock()
-        held = self._threads[owner, thread_id] = _Held(None, now, now, text, "idle")
-        return held.record(thread_id)
+        return self._put(owner, thread_id, _Held(None, now, now, text, "idle")).record(thread_id)
 
     async def get(self, owner: str, thread_id: str) -> ThreadRecord | None:
         held = self._threads.get((owner, thread_id))
@@ -98,23 +104,22 @@ class MemoryThreads:
         metadata: dict[str, Any] | None,
         status: str | None,
         ids: builtins.list[str] | None,
-    ) -> builtins.list[ThreadRecord]:
+    ) -> builtins.list[tuple[str, _Held]]:
         # Through JSON and back, so the filter compares exactly as stored values do.
         query = None if metadata is None else json.loads(dump_metadata(metadata))
         if status is not None:
             check_status(status)
         if ids is not None:
             check_ids(ids)
-        wanted = None if ids is None else set(ids)
+        mine = self._by_owner.get(owner, set())
+        candidates = mine if ids is None else mine.intersection(ids)
         found = []
-        for (held_owner, thread_id), held in self._threads.items():
-            if held_owner != owner or (wanted is not None and thread_id not in wanted):
-                continue
+        for thread_id in candidates:
+            held = self._threads[owner, thread_id]
             if status is not None and held.status != status:
                 continue
-            record = held.record(thread_id)
-            if query is None or json_contains(record.metadata, query):
-                found.append(record)
+            if query is None or json_contains(json.loads(held.metadata), query):
+                found.append((thread_id, held))
         return found
 
     async def search(
@@ -133,10 +138,15 @@ class MemoryThreads:
         check_sort(sort_by, sort_order)
         found = self._matching(owner, metadata, status, ids)
         # Two stable sorts: by thread id, then by the key, keeping ties in id order
-        # (reverse=True keeps equal items in their order too).
-        found.sort(key=lambda record: record.thread_id)
-        found.sort(key=lambda record: getattr(record, sort_by), reverse=sort_order == "desc")
-        return found[offset : offset + limit]
+        # (reverse=True keeps equal items in their order too). Records (and their
+        # metadata copies) are made for the page only.
+        found.sort(key=lambda item: item[0])
+        if sort_by != "thread_id":
+            found.sort(key=lambda item: getattr(item[1], sort_by),
+                       reverse=sort_order == "desc")
+        elif sort_order == "desc":
+            found.reverse()
+        return [held.record(thread_id) for thread_id, held in found[offset : offset + limit]]
 
     async def count(
         self, owner: str, *, metadata: dict[str, Any] | None = None, status: str | None = None
@@ -147,4 +157,5 @@ class MemoryThreads:
         return await self.search(owner, limit=limit, offset=offset)
 
     async def delete(self, owner: str, thread_id: str) -> bool:
+        self._by_owner.get(owner, set()).discard(thread_id)
         return self._threads.pop((owner, thread_id), None) is not None
