@@ -13,12 +13,13 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+# Plain socket helpers with no pytest in them, shared with the test suite.
+from tests.support.ports import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX_SHIPPED = REPO / "deploy" / "nginx"
@@ -29,22 +30,6 @@ SERVER_NAME = "graphgate.example.com"
 
 class Unavailable(Exception):
     """A binary the row needs is not installed; the row is skipped with this note."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on port {port} within {timeout_s} s")
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,

@@ -113,9 +113,7 @@ async def delete_thread(thread_id: ThreadIdPath, request: Request, res: Resource
     try:
         async with res.executor.lock_thread(key):
             await _thread_graph(res, key)
-            await res.persistence.checkpointer.adelete_thread(key)
-            await res.persistence.runs.delete_thread(space.owner, thread_id)
-            await res.persistence.threads.delete(space.owner, thread_id)
+            await res.persistence.erase_thread(space.owner, thread_id)
     except ThreadBusy:
         raise ThreadBusyError() from None
     return Response(status_code=204)

@@ -46,6 +46,7 @@ from service.persistence.threads import (
     PostgresThreads,
     SqliteThreads,
     ThreadRegistry,
+    storage_key,
 )
 from service.settings import Settings
 
@@ -81,6 +82,13 @@ class Persistence:
     # Postgres only: the pool's connections now (size, in_use, idle, waiting); see
     # service.persistence.instrumented.pool_stats. None for SQLite and memory.
     pool_stats: Callable[[], dict[str, int]] | None = None
+
+    async def erase_thread(self, owner: str, thread_id: str) -> None:
+        """Delete everything stored for this owner's thread: its checkpoints, its runs and
+        its registry record. The caller makes sure no run is writing to it."""
+        await self.checkpointer.adelete_thread(storage_key(owner, thread_id))
+        await self.runs.delete_thread(owner, thread_id)
+        await self.threads.delete(owner, thread_id)
 
 
 async def _no_ping() -> None:

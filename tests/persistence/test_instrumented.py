@@ -424,7 +424,8 @@ def test_a_cancelled_write_still_lands_and_frees_the_store(database_url: str) ->
             # Another writer gets the store at once, and the cancelled write is there.
             async with asyncio.timeout(3):
                 assert await persistence.leases.acquire("other", "run-1", 30)
-                while (found := await saver.aget_tuple(config)) is None:
+                # The store is polled: the write finishes in a task of its own.
+                while (found := await saver.aget_tuple(config)) is None:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             assert found.checkpoint["id"] == checkpoint["id"]
 

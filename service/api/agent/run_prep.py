@@ -131,10 +131,7 @@ def _forget_when_finished(res: Resources, prepared: PreparedRun, started: Starte
 async def forget(res: Resources, prepared: PreparedRun) -> None:
     """Delete a stateless run's throwaway thread."""
     with anyio.CancelScope(shield=True):
-        key = prepared.space.key(prepared.thread_id)
-        await res.persistence.checkpointer.adelete_thread(key)
-        await res.persistence.runs.delete_thread(prepared.space.owner, prepared.thread_id)
-        await res.persistence.threads.delete(prepared.space.owner, prepared.thread_id)
+        await res.persistence.erase_thread(prepared.space.owner, prepared.thread_id)
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,7 @@ async def delete_thread(thread_id: ThreadIdPath, request: Request, res: Resource
     key = space.key(thread_id)
     try:
         async with res.executor.lock_thread(key):
-            await res.persistence.checkpointer.adelete_thread(key)
-            await res.persistence.runs.delete_thread(space.owner, thread_id)
-            await res.persistence.threads.delete(space.owner, thread_id)
+            await res.persistence.erase_thread(space.owner, thread_id)
     except ThreadBusy:
         raise ThreadBusyError() from None
     return Response(status_code=204)
