@@ -45,6 +45,7 @@ clean:
 # `bench-smoke`: the same harness at tiny sizes, under a minute (tests/bench runs it too).
 .PHONY: bench bench-smoke
 bench: $(VENV)/.installed-run
+	scripts/system-deps.sh --bench
 	$(BIN)/python -m bench --json-out var/bench/latest.json
 
 bench-smoke: $(VENV)/.installed-run

@@ -5,6 +5,7 @@
 #                                   (PostgreSQL, Redis, nginx, Prometheus's promtool)
 #   scripts/system-deps.sh --image  the image build's tools (buildah, debootstrap),
 #                                   for `make image` and `make test-image`
+#   scripts/system-deps.sh --bench  the servers plus wrk, for `make bench`
 # Uses apt-get as root, or through sudo when available; otherwise says what is missing.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ want=()
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   want+=(python3-venv)
 fi
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
     want+=(postgresql)
   fi
@@ -25,6 +26,9 @@ if [[ "${1:-}" == "--test" ]]; then
   if ! command -v promtool >/dev/null; then
     want+=(prometheus)
   fi
+fi
+if [[ "${1:-}" == "--bench" ]] && ! command -v wrk >/dev/null; then
+  want+=(wrk)  # the GET rows' load generator (a slower Python client runs without it)
 fi
 if [[ "${1:-}" == "--image" ]]; then
   # scripts/build-image.sh and tests/deploy/test_dockerfile_build.py.
