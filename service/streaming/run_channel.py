@@ -43,8 +43,11 @@ class RunChannel:
         return self.frames[0].seq if self.frames else self.last_seq + 1
 
     def push(self, event: LoggedEvent) -> None:
-        self.frames.append(event)
         self.last_seq = event.seq
+        # With no reader and no log to feed (a client gone, the run going on), nobody
+        # will ever take it: keep nothing.
+        if self._readers or self.durable:
+            self.frames.append(event)
         self._wake()
 
     def logged(self, seq: int) -> None:

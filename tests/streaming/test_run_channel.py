@@ -51,3 +51,13 @@ def test_a_late_reader_starts_after_its_cursor() -> None:
     assert channel.take(reader) == []
     channel.close()
     assert channel.done and reader.cursor == channel.last_seq == 4
+
+
+def test_a_run_nobody_follows_holds_nothing() -> None:
+    """A non-durable run whose client left (on_disconnect=continue) keeps no events."""
+    channel = RunChannel(durable=False)
+    token, _ = channel.open_reader(0)
+    _push(channel, 1)
+    channel.close_reader(token)
+    _push(channel, 2, 3, 4)
+    assert not channel.frames and channel.last_seq == 4
