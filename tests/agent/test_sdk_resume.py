@@ -4,6 +4,7 @@ the reconnect reaches another replica."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -107,3 +108,20 @@ def test_the_log_keeps_at_most_max_logged_events(agent_server: Any) -> None:
     replay = httpx.get(f"{agent.url}/threads/{thread_id}/runs/{run_id}/stream",
                        headers=headers)
     assert _ids(replay) == list(range(1, 101))
+
+
+def test_a_run_is_cancelled_and_joined_from_another_replica(agent_server: Any) -> None:
+    """Two servers on one store: a background run on A is cancelled through B (A sees the
+    request at its next poll), and B's join and run record report how it ended."""
+    a, b = agent_server(), agent_server()
+    on_a, on_b = a.client(), b.client()
+    thread_id = on_a.threads.create()["thread_id"]
+    run = on_a.runs.create(thread_id, "slow", input={"steps": []})
+    deadline = time.monotonic() + 15
+    while on_b.threads.get_state(thread_id)["next"] != ["b"]:  # step a committed on A
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    on_b.runs.cancel(thread_id, run["run_id"], wait=True)
+    assert on_b.runs.get(thread_id, run["run_id"])["status"] == "interrupted"
+    assert on_b.runs.join(thread_id, run["run_id"])["steps"] == ["a"]
+    assert on_a.threads.get(thread_id)["status"] == "idle"
