@@ -115,6 +115,7 @@ def create_app(
             graphs = await load_graphs(settings, persistence.checkpointer)
             executor = RunExecutor(persistence.leases, settings.runs, settings.streaming,
                                    observer=RunMetrics(metrics), tracer_provider=provider)
+            sampler.start_soon(executor.keep_leases)
             # Shutdown (a signal, or the server stopping) starts the drain: runs get
             # [server] drain_timeout_s to finish, then end cleanly with a retry hint.
             loop = asyncio.get_running_loop()

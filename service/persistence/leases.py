@@ -1,7 +1,8 @@
 """Thread run leases: at most one run per thread at a time, across workers and replicas.
 
-A lease is a row keyed by thread id with an expiry. A run takes it before starting,
-renews it while running and deletes it when done. A crashed worker cannot release its
+A lease is a row keyed by thread id with an expiry. A run takes it before starting, its
+worker renews it while the run goes on (all of the worker's leases in one statement) and
+the run deletes it when done. A crashed worker cannot release its
 lease, so the row expires after `ttl` and the thread frees itself; that is why this is a
 lease table and not a Postgres session advisory lock, which would also pin one pool
 connection per open stream.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aiosqlite
@@ -21,13 +22,20 @@ from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
+# (thread id, run id): who holds which thread. A worker renews all of its leases together,
+# from one task, so renewing costs one statement per period rather than one per run.
+Lease = tuple[str, str]
+
+# SQLite binds at most 32,766 variables (999 before 3.32); two per lease, and a margin.
+SQLITE_CHUNK = 400
+
 
 class ThreadLeases(Protocol):
     async def acquire(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
         """Take the thread's lease; False if another live run holds it."""
 
-    async def renew(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
-        """Extend our lease; False if we no longer hold it."""
+    async def renew_many(self, held: Sequence[Lease], ttl_s: float) -> set[Lease]:
+        """Extend these leases in one go; returns the ones we still hold."""
 
     async def release(self, thread_id: str, run_id: str) -> None:
         """Give the lease back (only if we still hold it)."""
@@ -48,12 +56,15 @@ class MemoryLeases:
         self._leases[thread_id] = (run_id, now + ttl_s)
         return True
 
-    async def renew(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
-        held = self._leases.get(thread_id)
-        if held is None or held[0] != run_id:
-            return False
-        self._leases[thread_id] = (run_id, self._clock() + ttl_s)
-        return True
+    async def renew_many(self, held: Sequence[Lease], ttl_s: float) -> set[Lease]:
+        expires = self._clock() + ttl_s
+        renewed: set[Lease] = set()
+        for thread_id, run_id in held:
+            current = self._leases.get(thread_id)
+            if current is not None and current[0] == run_id:
+                self._leases[thread_id] = (run_id, expires)
+                renewed.add((thread_id, run_id))
+        return renewed
 
     async def release(self, thread_id: str, run_id: str) -> None:
         held = self._leases.get(thread_id)
@@ -98,12 +109,21 @@ class SqliteLeases:
         ) as cursor:
             return await cursor.fetchone() is not None
 
-    async def renew(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
-        async with self._lock, self._conn.execute(
-            "UPDATE graphgate_thread_leases SET expires_at = ? WHERE thread_id = ? AND run_id = ?",
-            (self._clock() + ttl_s, thread_id, run_id),
-        ) as cursor:
-            return cursor.rowcount == 1
+    async def renew_many(self, held: Sequence[Lease], ttl_s: float) -> set[Lease]:
+        expires = self._clock() + ttl_s
+        renewed: set[Lease] = set()
+        async with self._lock:
+            for start in range(0, len(held), SQLITE_CHUNK):
+                chunk = held[start:start + SQLITE_CHUNK]
+                pairs = ", ".join("(?, ?)" for _ in chunk)
+                params = [expires, *(value for lease in chunk for value in lease)]
+                # Only "(?, ?)" placeholders are joined in; the values are bound.
+                query = ("UPDATE graphgate_thread_leases SET expires_at = ?"  # noqa: S608
+                         f" WHERE (thread_id, run_id) IN (VALUES {pairs})"
+                         " RETURNING thread_id, run_id")
+                async with self._conn.execute(query, params) as cursor:
+                    renewed.update((row[0], row[1]) for row in await cursor.fetchall())
+        return renewed
 
     async def release(self, thread_id: str, run_id: str) -> None:
         async with self._lock:
@@ -141,14 +161,19 @@ class PostgresLeases:
             row = await cursor.fetchone()
             return row is not None
 
-    async def renew(self, thread_id: str, run_id: str, ttl_s: float) -> bool:
+    async def renew_many(self, held: Sequence[Lease], ttl_s: float) -> set[Lease]:
+        if not held:
+            return set()
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                "UPDATE graphgate_thread_leases SET expires_at = now() + make_interval(secs => %s)"
-                " WHERE thread_id = %s AND run_id = %s",
-                (ttl_s, thread_id, run_id),
+                "UPDATE graphgate_thread_leases AS l"
+                " SET expires_at = now() + make_interval(secs => %s)"
+                " FROM unnest(%s::text[], %s::text[]) AS h(thread_id, run_id)"
+                " WHERE l.thread_id = h.thread_id AND l.run_id = h.run_id"
+                " RETURNING l.thread_id, l.run_id",
+                (ttl_s, [t for t, _ in held], [r for _, r in held]),
             )
-            return cursor.rowcount == 1
+            return {(row["thread_id"], row["run_id"]) for row in await cursor.fetchall()}
 
     async def release(self, thread_id: str, run_id: str) -> None:
         async with self._pool.connection() as conn:

@@ -29,8 +29,9 @@ from opentelemetry.trace import Span
 
 from service.observability.tracing import run_span, set_run_outcome
 from service.persistence.checkpointer import STORAGE_ERRORS
-from service.persistence.leases import ThreadLeases
+from service.persistence.leases import Lease, ThreadLeases
 from service.settings import RunSettings, StreamingSettings
+from service.streaming.lease_keeper import keep_leases
 
 StreamMode = Literal["values", "updates", "messages", "custom", "debug"]
 STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "messages", "custom", "debug")
@@ -154,6 +155,8 @@ class Run:
         self.run_id = request.run_id
         self._released = False
         self._lease_lost = False
+        # When the lease was last extended (the keeper renews it; see lease_keeper).
+        self.renewed_at = anyio.current_time()
         self._stopped_for_shutdown = False
         self._run_scope: anyio.CancelScope | None = None
         self._abandoned: asyncio.Future[None] | None = None
@@ -211,29 +214,26 @@ class Run:
                                    "graph": req.graph_name}))
         error: RunError | None = None
         max_duration_s = self._executor.streaming.max_duration_s
-        async with anyio.create_task_group() as tg:
-            with anyio.CancelScope() as run_scope:
-                self._run_scope = run_scope
-                if self._stopped_for_shutdown:
-                    run_scope.cancel()
-                tg.start_soon(self._keep_lease, bound, run_scope)
-                with anyio.move_on_after(max_duration_s) as deadline:
-                    try:
-                        await self._stream(emit)
-                    except Exception as exc:
-                        failure = exc
-                        error = classify(exc)
-                        bound.error("run_failed", error_code=error.code,
-                                    exc_type=type(exc).__name__, exc_info=exc)
-            if self._stopped_for_shutdown:
-                error = SHUTTING_DOWN
-                bound.warning("run_stopped_for_shutdown")
-            elif self._lease_lost:
-                error = LEASE_LOST
-            elif deadline.cancelled_caught:
-                error = TIMEOUT
-                bound.warning("run_timed_out", max_duration_s=max_duration_s)
-            tg.cancel_scope.cancel()
+        with anyio.CancelScope() as run_scope:
+            self._run_scope = run_scope
+            if self._stopped_for_shutdown or self._lease_lost:
+                run_scope.cancel()
+            with anyio.move_on_after(max_duration_s) as deadline:
+                try:
+                    await self._stream(emit)
+                except Exception as exc:
+                    failure = exc
+                    error = classify(exc)
+                    bound.error("run_failed", error_code=error.code,
+                                exc_type=type(exc).__name__, exc_info=exc)
+        if self._stopped_for_shutdown:
+            error = SHUTTING_DOWN
+            bound.warning("run_stopped_for_shutdown")
+        elif self._lease_lost:
+            error = LEASE_LOST
+        elif deadline.cancelled_caught:
+            error = TIMEOUT
+            bound.warning("run_timed_out", max_duration_s=max_duration_s)
         self.outcome = "success" if error is None else (
             "timeout" if error is TIMEOUT else "error")
         set_run_outcome(span, self.outcome, error_code=error.code if error else None,
@@ -318,34 +318,26 @@ class Run:
             observer.node_finished(self.request.graph_name, task["name"],
                                    time.monotonic() - started.pop(task_id))
 
-    async def _renew(self) -> bool | None:
-        """True: renewed. False: someone else holds it now. None: the store did not answer."""
-        ttl = self._executor.run_settings.lease_ttl_s
-        with anyio.move_on_after(ttl / 3):
-            try:
-                return await self._executor.leases.renew(self.request.thread_key, self.run_id, ttl)
-            except Exception as exc:
-                log.warning("lease_renew_failed", run_id=self.run_id, exc_type=type(exc).__name__)
-        return None
+    @property
+    def lease(self) -> Lease:
+        return (self.request.thread_key, self.run_id)
 
-    async def _keep_lease(self, bound: Any, run_scope: anyio.CancelScope) -> None:
-        """Renew every third of the ttl; stop the run if the lease is, or may be, gone.
+    @property
+    def wants_renewal(self) -> bool:
+        # An abandoned run keeps its lease until its node really ends (see `release`).
+        return not self._released or self._abandoned is not None
 
-        Once renewals have failed for two thirds of the ttl, another worker may take the
-        thread any moment; stopping is the only way to be sure two runs never interleave.
-        """
-        ttl = self._executor.run_settings.lease_ttl_s
-        last_renewed = anyio.current_time()
-        while True:
-            await anyio.sleep(ttl / 3)
-            held = await self._renew()
-            if held:
-                last_renewed = anyio.current_time()
-            elif held is False or anyio.current_time() - last_renewed >= ttl * 2 / 3:
-                bound.error("lease_lost", renewed_s_ago=anyio.current_time() - last_renewed)
-                self._lease_lost = True
-                run_scope.cancel()
-                return
+    def lease_lost(self, renewed_s_ago: float) -> None:
+        """The keeper could not renew our lease: stop, so two runs never interleave."""
+        if self._lease_lost:
+            return
+        req = self.request
+        log.error("lease_lost", run_id=self.run_id, thread_id=req.thread_id,
+                  graph=req.graph_name, request_id=req.request_id,
+                  renewed_s_ago=round(renewed_s_ago, 3))
+        self._lease_lost = True
+        if self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def finish(self) -> None:
         """Run the `on_finish` hook once (also for a run cancelled before it ended)."""
@@ -386,9 +378,8 @@ class Run:
             self._executor.active.discard(self)
 
     async def _hold(self, task: asyncio.Future[None]) -> None:
-        while not task.done():
-            await asyncio.wait([task], timeout=self._executor.run_settings.lease_ttl_s / 3)
-            await self._renew()
+        # Still in `active` meanwhile, so the keeper goes on renewing the lease.
+        await asyncio.wait([task])
         await self._release_now()
 
 
@@ -408,8 +399,12 @@ class RunExecutor:
         self.active: set[Run] = set()
         self._holders: set[asyncio.Task[None]] = set()
 
+    async def keep_leases(self) -> None:
+        """Renew the leases of every active run until cancelled (one task per worker)."""
+        await keep_leases(self.leases, self.run_settings.lease_ttl_s, self.active)
+
     def hold_until_done(self, run: Run, task: asyncio.Future[None]) -> None:
-        """Keep renewing an abandoned run's lease in the background until it ends."""
+        """Keep an abandoned run's lease (renewed by the keeper) until its task ends."""
         holder = asyncio.ensure_future(run._hold(task))
         self._holders.add(holder)
         holder.add_done_callback(self._holders.discard)

@@ -290,6 +290,30 @@ def test_a_run_that_loses_its_lease_stops(serve: Callable[[Settings], ThreadServ
     assert rest[1].data["status"] == "error"
 
 
+def test_a_run_longer_than_the_lease_ttl_keeps_its_thread(
+        serve: Callable[[Settings], ThreadServer], tmp_path: Path) -> None:
+    """The worker's lease keeper renews a running run's lease, so a run may outlive the
+    ttl: its lease's expiry moves on, and no one else can take the thread meanwhile."""
+    db = tmp_path / "leases.sqlite"
+    server = serve(make_settings(f"sqlite:///{db}", runs={"lease_ttl_s": 2}))
+
+    def expiry() -> float:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT expires_at FROM graphgate_thread_leases"
+                               " WHERE thread_id LIKE '%.long'").fetchone()
+        assert row is not None, "the lease is gone"
+        return float(row[0])
+
+    with slow_run(server.url, "long"):
+        first = expiry()
+        time.sleep(3.0)  # one and a half ttls: only renewals keep the lease
+        assert expiry() > first + 1.0
+        busy = httpx.post(server.url + "/v1/chat/stream", timeout=10,
+                          json={"message": "hi", "thread_id": "long"})
+        assert busy.status_code == 409
+        assert expiry() > time.time()  # still ours: the run was not stopped
+
+
 def test_an_abandoned_run_keeps_its_thread_until_it_ends(
         server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A node that outlives the cancel grace period keeps the thread leased until it ends,

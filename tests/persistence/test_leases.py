@@ -32,12 +32,34 @@ def test_lease_lifecycle(database_url: str) -> None:
             assert await leases.acquire("t", "run-1", 30)
             assert not await leases.acquire("t", "run-2", 30)
             assert await leases.acquire("other", "run-2", 30)
-            assert await leases.renew("t", "run-1", 30)
-            assert not await leases.renew("t", "run-2", 30)
+            assert await leases.renew_many([("t", "run-1")], 30) == {("t", "run-1")}
+            assert await leases.renew_many([("t", "run-2")], 30) == set()
+            # One call renews many: only the pairs still held come back.
+            assert await leases.renew_many(
+                [("t", "run-1"), ("other", "run-2"), ("t", "run-2"), ("gone", "run-9")], 30,
+            ) == {("t", "run-1"), ("other", "run-2")}
+            assert await leases.renew_many([], 30) == set()
             await leases.release("t", "run-2")  # not the holder: no effect
             assert not await leases.acquire("t", "run-3", 30)
             await leases.release("t", "run-1")
             assert await leases.acquire("t", "run-3", 30)
+
+    run(scenario)
+
+
+def test_renewing_many_leases_at_once(database_url: str) -> None:
+    """A worker renews all its leases in one call: more than SQLite binds in a statement."""
+    async def scenario() -> None:
+        async with leases_for(database_url) as leases:
+            held = [(f"t{i}", f"run-{i}") for i in range(1000)]
+            for thread_id, run_id in held:
+                assert await leases.acquire(thread_id, run_id, 0.5)
+            assert await leases.release("t7", "run-7") is None
+            renewed = await leases.renew_many(held, 30)
+            assert renewed == set(held) - {("t7", "run-7")}
+            await asyncio.sleep(0.7)  # past the first ttl: only renewals still hold
+            assert not await leases.acquire("t999", "intruder", 30)
+            assert await leases.acquire("t7", "next", 30)
 
     run(scenario)
 
@@ -50,7 +72,7 @@ def test_expired_lease_can_be_taken_over(database_url: str) -> None:
             assert not await leases.acquire("t", "next", 30)
             await asyncio.sleep(0.4)
             assert await leases.acquire("t", "next", 30)
-            assert not await leases.renew("t", "crashed", 30)
+            assert await leases.renew_many([("t", "crashed")], 30) == set()
 
     run(scenario)
 
