@@ -56,6 +56,7 @@ from service.security.stream_slots import open_stream_slots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
 from service.streaming.run_manager import RunManager, purge_run_events
+from service.streaming.send_watchdog import SendWatchdog
 
 SHUTDOWN_RELEASE_WAIT_S = 5.0
 
@@ -135,8 +136,12 @@ def create_app(
             run_manager = RunManager(persistence.runs, persistence.events, settings.runs,
                                      settings.streaming)
             sampler.start_soon(purge_run_events, persistence.events, settings.runs)
+            send_watchdog = SendWatchdog()
+            sampler.start_soon(send_watchdog.run,
+                               min(1.0, settings.streaming.send_timeout_s / 4))
             resources = Resources(settings, persistence, graphs, executor, lifecycle,
-                                  authenticator, rate_limits, stream_slots, metrics, run_manager)
+                                  authenticator, rate_limits, stream_slots, metrics, run_manager,
+                                  send_watchdog)
             try:
                 yield {
                     "resources": resources,

@@ -14,6 +14,7 @@ from service.security.stream_slots import StreamSlots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
 from service.streaming.run_manager import RunManager
+from service.streaming.send_watchdog import SendWatchdog
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,5 @@ class Resources:
     metrics: Metrics
     # Agent Server protocol runs, each in a task of its own (see RunManager).
     runs: RunManager
+    # Times every open event stream's writes from one task (see SendWatchdog).
+    send_watchdog: SendWatchdog

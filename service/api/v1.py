@@ -70,6 +70,7 @@ async def chat_stream(
         producer,
         heartbeat_interval_s=res.settings.streaming.heartbeat_interval_s,
         send_timeout_s=res.settings.streaming.send_timeout_s,
+        watchdog=res.send_watchdog,
         on_close=started.close,
         observer=recorder,
     )

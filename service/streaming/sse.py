@@ -25,6 +25,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.streaming.send_watchdog import SendWatchdog
+
 log = structlog.get_logger("graphgate.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -100,6 +102,8 @@ class EventStreamResponse(Response):
         send_timeout_s: a client that has not taken a frame within this long (it stopped
             reading but kept the socket open) is treated as gone: the run is cancelled
             rather than held, with its lease and buffered output, for ever.
+        watchdog: the worker's SendWatchdog, which times every stream's writes from one
+            task; without one the response runs a watchdog of its own.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class EventStreamResponse(Response):
         on_close: Callable[[], Awaitable[None]] | None = None,
         send_timeout_s: float = 30.0,
         observer: StreamObserver | None = None,
+        watchdog: SendWatchdog | None = None,
     ) -> None:
         # Response's own __init__ renders a body; a stream has none, so set its fields.
         self.producer = producer
@@ -119,8 +124,10 @@ class EventStreamResponse(Response):
         self.on_close = on_close
         self.send_timeout_s = send_timeout_s
         self.observer = observer
+        self.watchdog = watchdog
         self.ending: Ending = "cancelled"
         self._sending_since: float | None = None
+        self._scope: anyio.CancelScope | None = None
         self.status_code = 200
         self.background: BackgroundTask | None = None
 
@@ -131,12 +138,20 @@ class EventStreamResponse(Response):
             )
             completed = False
             async with anyio.create_task_group() as tg:
-                sender, frames = anyio.create_memory_object_stream[bytes](math.inf)
-                tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
-                tg.start_soon(self._watch_sends, tg.cancel_scope)
-                tg.start_soon(self._produce, sender)
-                completed = await self._forward(frames, send)
-                tg.cancel_scope.cancel()
+                self._scope = tg.cancel_scope
+                watchdog = self.watchdog
+                if watchdog is None:
+                    watchdog = SendWatchdog()
+                    tg.start_soon(watchdog.run, min(1.0, self.send_timeout_s / 4))
+                watchdog.watch(self)
+                try:
+                    sender, frames = anyio.create_memory_object_stream[bytes](math.inf)
+                    tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+                    tg.start_soon(self._produce, sender)
+                    completed = await self._forward(frames, send)
+                    tg.cancel_scope.cancel()
+                finally:
+                    watchdog.unwatch(self)
             # Only a stream that ran to its end gets the final chunk: after a disconnect
             # there is no one to send it to, and after a send timeout it would block too.
             if completed:
@@ -170,7 +185,7 @@ class EventStreamResponse(Response):
         cancels us because the client stopped reading.
 
         Frames already queued together go out in one write, and no timeout is armed per
-        frame (the watchdog times sends): per-event overhead is what bounds streams/s.
+        frame (the SendWatchdog times writes): per-event overhead is what bounds streams/s.
         """
         async with frames:
             while True:
@@ -195,16 +210,15 @@ class EventStreamResponse(Response):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 self._sending_since = None
 
-    async def _watch_sends(self, scope: anyio.CancelScope) -> None:
-        """Treat a client that has not taken a write within send_timeout_s as gone."""
-        interval = min(1.0, self.send_timeout_s / 4)
-        while True:
-            await anyio.sleep(interval)
-            since = self._sending_since
-            if since is not None and anyio.current_time() - since >= self.send_timeout_s:
-                log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
-                scope.cancel()
-                return
+    @property
+    def sending_since(self) -> float | None:
+        return self._sending_since
+
+    def send_timed_out(self) -> None:
+        """Called by the watchdog: the client has not taken a write within send_timeout_s."""
+        log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while True:

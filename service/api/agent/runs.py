@@ -78,6 +78,7 @@ def follow_response(res: Resources, request: Request, *, owner: str, record: Run
         producer,
         heartbeat_interval_s=res.settings.streaming.heartbeat_interval_s,
         send_timeout_s=res.settings.streaming.send_timeout_s,
+        watchdog=res.send_watchdog,
         headers=headers, on_close=close, observer=recorder)
     return response
 
