@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from gunicorn import glogging
 from structlog.types import EventDict, Processor
@@ -68,17 +69,19 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    # Tracebacks become text before the redactor, so it sees them too.
+    # Tracebacks become text before the redactor, so it sees them too. The time stamp
+    # comes after it: it is ours, and a fresh string every line that would only cost
+    # the redactor a pattern search.
     post: list[Processor] = [
         *extra_processors,
         structlog.processors.format_exc_info,
         redactor,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Processor
     if log_format(settings) == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
 
@@ -129,6 +132,16 @@ def configure_logging(
         # Module-level loggers pick up a reconfiguration (tests, gunicorn workers).
         cache_logger_on_first_use=False,
     )
+
+
+def _orjson_text(obj: Any, **kwargs: Any) -> str:
+    """JSONRenderer's serializer: orjson (several times faster than `json` per line).
+
+    After the redactor every value is JSON-native (it turns other objects into their
+    scrubbed repr); `default` still covers what a foreign record may carry.
+    """
+    return orjson.dumps(obj, default=kwargs.get("default"),
+                        option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class _NamedWriteLogger:

@@ -101,14 +101,32 @@ def is_secret_key(name: str) -> bool:
     return _CREDENTIAL_KEY.fullmatch(name) is not None
 
 
+# Strings up to this long, the last this many distinct ones, are remembered scrubbed.
+REMEMBERED_LENGTH = 128
+REMEMBERED_VALUES = 4096
+
+
+# Fields the logging setup itself adds (the time stamp is added after redaction).
+OWN_FIELDS = frozenset({"level", "logger"})
+
+
 class Redactor:
     """A structlog processor (and a plain function) that scrubs credentials."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so a secret containing another is removed whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # Most logged strings recur (routes, principals, client addresses, event names):
+        # short ones are scrubbed once and remembered. This redactor's secrets are fixed,
+        # so a remembered result stays right; it holds only what is logged anyway.
+        self._remembered = functools.lru_cache(maxsize=REMEMBERED_VALUES)(self._scrub)
 
     def text(self, value: str) -> str:
+        if len(value) <= REMEMBERED_LENGTH:
+            return self._remembered(value)
+        return self._scrub(value)
+
+    def _scrub(self, value: str) -> str:
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
@@ -145,8 +163,9 @@ class Redactor:
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
         for key, value in event.items():
-            if key.startswith("_"):
-                # structlog's own bookkeeping (`_record`, `_from_structlog`).
+            if key.startswith("_") or key in OWN_FIELDS:
+                # structlog's own bookkeeping (`_record`, `_from_structlog`), and the level
+                # and logger name, which come from code, never from data.
                 continue
             event[key] = self.field(key, value)
         return event

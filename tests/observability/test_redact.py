@@ -71,3 +71,17 @@ def test_a_real_servers_log_holds_no_secret(tmp_path: Path) -> None:
     assert "run_failed" in output  # the failure is logged, with its traceback
     assert "hunter2" not in output
     assert KEY not in output
+
+
+def test_remembered_values_are_scrubbed_every_time() -> None:
+    """Short values are remembered once scrubbed; a repeat is scrubbed the same, long
+    values (never remembered) too, and another redactor keeps its own secrets."""
+    secret = "s3cret-value-42"
+    redactor = Redactor([secret])
+    short = f"password={secret}"
+    long = "x" * 200 + f" token={secret}"
+    for _ in range(3):
+        assert secret not in redactor.text(short)
+        assert secret not in redactor.text(long)
+    assert Redactor(["other-secret"]).text(f"id {secret}") == f"id {secret}"
+    assert secret not in redactor.text(f"id {secret}")
