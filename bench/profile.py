@@ -6,7 +6,7 @@
 Starts graphgate as `make bench` does (production, every protection on, memory storage,
 the 50-token bench graph), then samples it with `py-spy record --gil` (only the thread
 holding the GIL: on-CPU Python, not idle worker threads) while the load generator runs
-(1) streams at concurrency 50 and (2) authenticated `GET /v1/threads` with wrk (or the
+(1) streams at concurrency 50 and (2) authenticated `GET /info` with wrk (or the
 Python client). Each sample is charged to the innermost frame that belongs to a known
 component (the access log's structlog calls count as "access log", orjson called from
 the encoder as "encode"), so the shares add up to 100%. Raw stacks are kept in --out
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         wrk = shutil.which("wrk")
         if wrk:
             script = out / "get.lua"
-            script.write_text('request = function() return wrk.format("GET", "/v1/threads", '
+            script.write_text('request = function() return wrk.format("GET", "/info", '
                               f'{{["X-API-Key"]="{creds.api_keys[0]}"}}) end\n')
             subprocess.run([wrk, "-t1", "-c50", f"-d{int(args.seconds - 1)}s", "-s",
                             str(script), f"http://127.0.0.1:{server.port}"],

@@ -6,8 +6,9 @@ no client, so a shared machine's noise mostly cancels and what remains is graphg
 own CPU. Configurations start from everything off and add one protection at a time,
 then all of them; each is rebuilt every round and rounds alternate A B C A B C.
 
-Per configuration: microseconds per authenticated `GET /v1/threads` (bare: `GET
-/hello`) and per public `GET /healthz`, and for `POST /v1/chat/stream` the time of a
+Per configuration: microseconds per authenticated `GET /info` (a static body; bare:
+`GET /hello`), per authenticated `GET /v1/threads` (a registry query too) and per public
+`GET /healthz`, and for `POST /v1/chat/stream` the time of a
 10-token stream and the marginal cost of one more event (from 10- and 100-token runs).
 """
 
@@ -25,7 +26,8 @@ from bench.servers import ORIGIN, STREAM_LIMIT, Credentials
 
 GRAPHS = {"short": "bench.graph:ten_tokens", "long": "bench.graph:hundred_tokens"}
 SHORT, LONG = 10, 100
-AUTH_GET = "GET /v1/threads (bare: /hello)"
+AUTH_GET = "GET /info (bare: /hello)"
+LIST_GET = "GET /v1/threads"
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -149,7 +151,8 @@ async def measure_graphgate(kwargs: dict[str, Any], creds: Credentials, counts: 
         async with app.router.lifespan_context(app) as lifespan_state:
             state = dict(lifespan_state or {})
             got = {
-                AUTH_GET: await per_call(app, state, counts.gets, "GET", "/v1/threads",
+                AUTH_GET: await per_call(app, state, counts.gets, "GET", "/info", headers),
+                LIST_GET: await per_call(app, state, counts.gets, "GET", "/v1/threads",
                                          headers),
                 "GET /healthz": await per_call(app, state, counts.gets, "GET", "/healthz",
                                                headers),

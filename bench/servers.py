@@ -260,7 +260,8 @@ class Server:
 
     def get_target(self, credentials: Sequence[tuple[str, str]] = (), *,
                    path: str | None = None) -> Target:
-        path = path or {"bare": "/hello", "official": "/ok", "graphgate": "/v1/threads"}[self.kind]
+        # graphgate's trivial authenticated route: /info (static, behind every protection).
+        path = path or {"bare": "/hello", "official": "/ok", "graphgate": "/info"}[self.kind]
         extra = [("origin", ORIGIN)] if self.kind == "graphgate" else []
         return Target(self.name, self.port, "GET", path, credentials=credentials,
                       extra_headers=extra)
