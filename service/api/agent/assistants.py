@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from importlib.metadata import version
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 from langgraph.pregel import Pregel
 
+from service import __version__
 from service.api.agent.schemas import AssistantSearch
 from service.api.deps import ResourcesDep, requires
 from service.api.responses import json_response
@@ -79,7 +79,7 @@ async def ok() -> Response:
 async def info(_: Caller) -> Response:
     """What this server is and which protocol features it offers."""
     return JSONResponse({
-        "version": version("graphgate"),
+        "version": __version__,  # read once at import: package metadata is files on disk
         "server": "graphgate",
         "flags": {"assistants": True, "crons": False, "langsmith": False, "store": False},
     })
