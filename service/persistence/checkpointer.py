@@ -117,7 +117,11 @@ async def open_persistence(
             persistence = await stack.enter_async_context(_open_postgres(settings))
         if observer is not None:
             persistence = dataclasses.replace(
-                persistence, checkpointer=TimedSaver(persistence.checkpointer, observer)
+                persistence, checkpointer=TimedSaver(
+                    persistence.checkpointer, observer,
+                    # The in-memory saver's writes never await: a cancellation cannot
+                    # land inside one, so there is nothing to see through to the end.
+                    finish_writes=kind != "memory"),
             )
         yield persistence
 

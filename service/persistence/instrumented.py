@@ -74,12 +74,19 @@ class TimedSaver(BaseCheckpointSaver[V]):
         observer: StoreObserver,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        finish_writes: bool = True,
     ) -> None:
         # No super().__init__(): it would assign a serializer, and `serde` is the inner's.
         self.inner: BaseCheckpointSaver[V] = inner
         self._observer = observer
         self._clock = clock
         self._observer_failed = False
+        # Writes run to completion in a task of their own (see _to_completion); a saver
+        # whose writes never await (the in-memory one) does not need the task.
+        self._finish_writes = finish_writes
+
+    def _write(self, write: Awaitable[T]) -> Awaitable[T]:
+        return _to_completion(write) if self._finish_writes else write
 
     def _report(self, operation: str, started: float) -> None:
         try:
@@ -115,7 +122,8 @@ class TimedSaver(BaseCheckpointSaver[V]):
         clone = self.inner.with_allowlist(extra_allowlist)
         if clone is self.inner:
             return self
-        return TimedSaver(clone, self._observer, clock=self._clock)
+        return TimedSaver(clone, self._observer, clock=self._clock,
+                          finish_writes=self._finish_writes)
 
     # Async, timed
 
@@ -160,7 +168,7 @@ class TimedSaver(BaseCheckpointSaver[V]):
     ) -> RunnableConfig:
         started = self._clock()
         try:
-            return await _to_completion(self.inner.aput(config, checkpoint, metadata, new_versions))
+            return await self._write(self.inner.aput(config, checkpoint, metadata, new_versions))
         finally:
             self._report("put", started)
 
@@ -173,35 +181,35 @@ class TimedSaver(BaseCheckpointSaver[V]):
     ) -> None:
         started = self._clock()
         try:
-            await _to_completion(self.inner.aput_writes(config, writes, task_id, task_path))
+            await self._write(self.inner.aput_writes(config, writes, task_id, task_path))
         finally:
             self._report("put_writes", started)
 
     async def adelete_thread(self, thread_id: str) -> None:
         started = self._clock()
         try:
-            await _to_completion(self.inner.adelete_thread(thread_id))
+            await self._write(self.inner.adelete_thread(thread_id))
         finally:
             self._report("delete_thread", started)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         started = self._clock()
         try:
-            await _to_completion(self.inner.adelete_for_runs(run_ids))
+            await self._write(self.inner.adelete_for_runs(run_ids))
         finally:
             self._report("delete_for_runs", started)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         started = self._clock()
         try:
-            await _to_completion(self.inner.acopy_thread(source_thread_id, target_thread_id))
+            await self._write(self.inner.acopy_thread(source_thread_id, target_thread_id))
         finally:
             self._report("copy_thread", started)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         started = self._clock()
         try:
-            await _to_completion(self.inner.aprune(thread_ids, strategy=strategy))
+            await self._write(self.inner.aprune(thread_ids, strategy=strategy))
         finally:
             self._report("prune", started)
 

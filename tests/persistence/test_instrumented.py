@@ -280,25 +280,6 @@ def test_with_allowlist_wraps_the_inner_clone() -> None:
         assert recorder.ops() == ["get"]
 
 
-def test_timing_is_cheap() -> None:
-    """The wrapper adds microseconds, not milliseconds, to a call."""
-    saver: TimedSaver[Any] = TimedSaver(seeded_saver(), Recorder())
-
-    async def scenario() -> float:
-        loop = asyncio.get_running_loop()
-        n = 2000
-        started = loop.time()
-        for _ in range(n):
-            await saver.aget_tuple(thread("t-1"))
-        wrapped = (loop.time() - started) / n
-        started = loop.time()
-        for _ in range(n):
-            await saver.inner.aget_tuple(thread("t-1"))
-        return wrapped - (loop.time() - started) / n
-
-    assert run(scenario()) < 0.0005
-
-
 # Pool stats, on a real Postgres pool
 
 
@@ -430,3 +411,47 @@ def test_a_cancelled_write_still_lands_and_frees_the_store(database_url: str) ->
             assert found.checkpoint["id"] == checkpoint["id"]
 
     run(scenario())
+
+
+class TaskSpy(InMemorySaver):
+    """Notes which task each write runs in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_tasks: list[asyncio.Task[Any] | None] = []
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions,
+                   ) -> RunnableConfig:
+        self.write_tasks.append(asyncio.current_task())
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+
+@pytest.mark.parametrize("finish_writes", [True, False])
+def test_writes_get_a_task_of_their_own_only_when_they_can_be_cut(finish_writes: bool) -> None:
+    """A saver whose writes await I/O (SQLite, Postgres) has each write run to completion
+    in a task of its own; the in-memory saver, whose writes never await, writes in the
+    caller's task (a task per write would be pure overhead)."""
+    inner = TaskSpy()
+    saver: TimedSaver[Any] = TimedSaver(inner, Recorder(), finish_writes=finish_writes)
+    config: RunnableConfig = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+    async def scenario() -> asyncio.Task[Any] | None:
+        await saver.aput(config, empty_checkpoint(), {}, {})
+        return asyncio.current_task()
+
+    caller = run(scenario())
+    assert len(inner.write_tasks) == 1
+    assert (inner.write_tasks[0] is caller) is not finish_writes
+
+
+def test_the_store_picks_whether_writes_are_finished(database_url: str) -> None:
+    """open_persistence wraps the in-memory saver without, and the others with, the task."""
+    async def finishes(url: str) -> bool:
+        async with open_persistence(make_settings(url), observer=Recorder()) as persistence:
+            saver = persistence.checkpointer
+            assert isinstance(saver, TimedSaver)
+            return saver._finish_writes
+
+    assert run(finishes("memory:")) is False
+    assert run(finishes(database_url)) is True
