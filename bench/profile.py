@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.client import get_load, stream_load
 from bench.harness import HOLD_DELAY_MS, run_async
-from bench.infra import REPO
+from bench.infra import REPO, Postgres
 from bench.servers import Credentials, Server, graphgate_env
 
 # (component, path fragment) in priority order: a frame matching an earlier entry wins
@@ -43,7 +43,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("run executor (leases, tasks mode, span)", "service/streaming/executor.py"),
     ("run admission (slots, run limit, registry)", "service/api/runs.py"),
     ("run admission (slots, run limit, registry)", "service/security/stream_slots.py"),
-    ("storage: thread registry, leases (memory:)", "service/persistence/"),
+    ("storage: thread registry, leases, run records", "service/persistence/"),
     ("stream metrics", "service/observability/stream_metrics.py"),
     ("access log (structlog, redaction, JSON)", "service/middleware/access_log.py"),
     ("access log (structlog, redaction, JSON)", "service/observability/logging.py"),
@@ -63,10 +63,14 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("request id / proxy headers / security headers / hosts / body limit",
      "uvicorn/middleware/"),
     ("CORS", "starlette/middleware/cors.py"),
-    ("FastAPI thread pool hops (sync dependencies)", "starlette/concurrency.py"),
-    ("FastAPI thread pool hops (sync dependencies)", "anyio/to_thread.py"),
-    ("FastAPI thread pool hops (sync dependencies)", "threading.py"),
-    ("FastAPI thread pool hops (sync dependencies)", "queue.py"),
+    ("Postgres driver and pool (psycopg)", "psycopg"),
+    ("SQLite driver (aiosqlite, sqlite3)", "aiosqlite/"),
+    ("SQLite driver (aiosqlite, sqlite3)", "sqlite3/"),
+    ("thread pool hops and other threads", "starlette/concurrency.py"),
+    ("thread pool hops and other threads", "anyio/to_thread.py"),
+    ("thread pool hops and other threads", "concurrent/futures/"),
+    ("thread pool hops and other threads", "threading.py"),
+    ("thread pool hops and other threads", "queue.py"),
     ("FastAPI routing, dependencies, validation", "fastapi/"),
     ("FastAPI routing, dependencies, validation", "pydantic"),
     ("Starlette routing, responses, errors", "starlette/"),
@@ -233,6 +237,44 @@ def record(pid: int, out: Path, seconds: float, py_spy: str) -> subprocess.Popen
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def profile_server(server: Server, creds: Credentials, args: argparse.Namespace,
+                   py_spy: str, out: Path) -> dict[str, object]:
+    """py-spy on `server` under stream load, then (unless --storage) under GET load."""
+    keys = creds.headers("api_key")
+    report: dict[str, object] = {}
+    body = None
+    if args.storage:
+        # As the storage section: each client continues its own thread, turn after turn.
+        body = b'{"message": "hi", "thread_id": "profile-{client}"}'
+    stream = server.stream_target(keys, body=body)
+    run_async(stream_load(stream, 10, 1.0))  # warm
+    spy = record(server.pid, out / "streams.txt", args.seconds, py_spy)
+    time.sleep(0.5)
+    concurrency = 20 if args.storage else args.concurrency
+    result = run_async(stream_load(stream, concurrency, args.seconds - 1))
+    spy.wait(args.seconds + 30)
+    report["streams"] = {"streams_per_s": round(len(result.ok) / result.elapsed_s, 1),
+                         **analyse(out / "streams.txt")}
+    if args.storage:
+        return report
+    get = server.get_target(keys)
+    spy = record(server.pid, out / "get.txt", args.seconds, py_spy)
+    time.sleep(0.5)
+    wrk = shutil.which("wrk")
+    if wrk:
+        script = out / "get.lua"
+        script.write_text('request = function() return wrk.format("GET", "/info", '
+                          f'{{["X-API-Key"]="{creds.api_keys[0]}"}}) end\n')
+        subprocess.run([wrk, "-t1", "-c50", f"-d{int(args.seconds - 1)}s", "-s",
+                        str(script), f"http://127.0.0.1:{server.port}"],
+                       capture_output=True, timeout=args.seconds + 30)
+    else:
+        run_async(get_load(get, 50, args.seconds - 1))
+    spy.wait(args.seconds + 30)
+    report["get"] = analyse(out / "get.txt")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile",
                                      description=__doc__.splitlines()[0])
@@ -242,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, metavar="K",
                         help="instead: Python allocations per open stream, K streams "
                         "held in-process (tracemalloc), bare app against graphgate")
+    parser.add_argument("--storage", choices=("memory", "sqlite", "postgres"),
+                        help="instead: conversation turns (each client continues its own "
+                        "thread, as the storage section) on this store, streams only")
     args = parser.parse_args(argv)
     if args.memory:
         out = args.out.resolve()
@@ -261,36 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     creds = Credentials(out / "creds", 50)
-    server = Server("graphgate-profiled", "graphgate", out, tokens=50, delay_ms=0,
-                    env=graphgate_env(creds, out)).start()
-    keys = creds.headers("api_key")
-    report: dict[str, object] = {}
-    try:
-        stream = server.stream_target(keys)
-        run_async(stream_load(stream, 10, 1.0))  # warm
-        spy = record(server.pid, out / "streams.txt", args.seconds, py_spy)
-        time.sleep(0.5)
-        result = run_async(stream_load(stream, args.concurrency, args.seconds - 1))
-        spy.wait(args.seconds + 30)
-        report["streams"] = {"streams_per_s": round(len(result.ok) / result.elapsed_s, 1),
-                             **analyse(out / "streams.txt")}
-        get = server.get_target(keys)
-        spy = record(server.pid, out / "get.txt", args.seconds, py_spy)
-        time.sleep(0.5)
-        wrk = shutil.which("wrk")
-        if wrk:
-            script = out / "get.lua"
-            script.write_text('request = function() return wrk.format("GET", "/info", '
-                              f'{{["X-API-Key"]="{creds.api_keys[0]}"}}) end\n')
-            subprocess.run([wrk, "-t1", "-c50", f"-d{int(args.seconds - 1)}s", "-s",
-                            str(script), f"http://127.0.0.1:{server.port}"],
-                           capture_output=True, timeout=args.seconds + 30)
-        else:
-            run_async(get_load(get, 50, args.seconds - 1))
-        spy.wait(args.seconds + 30)
-        report["get"] = analyse(out / "get.txt")
-    finally:
-        server.stop()
+    with contextlib.ExitStack() as stack:
+        env = graphgate_env(creds, out)
+        if args.storage == "postgres":
+            postgres = Postgres()
+            stack.callback(postgres.close)
+            env = graphgate_env(creds, out, database_url=postgres.url)
+        elif args.storage == "sqlite":
+            env = graphgate_env(creds, out, database_url=f"sqlite:///{out}/profile.sqlite")
+        server = Server("graphgate-profiled", "graphgate", out, tokens=50, delay_ms=0,
+                        env=env).start()
+        stack.callback(server.stop)
+        report = profile_server(server, creds, args, py_spy, out)
     for phase, data in report.items():
         assert isinstance(data, dict)
         print(f"\n== {phase}: {data['samples']} samples (on-CPU, GIL held)")
