@@ -191,9 +191,10 @@ def make_pool(settings: Settings) -> Pool:
         max_lifetime=pg.max_lifetime_s,
         max_idle=pg.max_idle_s,
         open=False,
-        # Without a check, every call after a database restart fails with AdminShutdown
-        # until the process restarts; with it the pool drops dead connections and reconnects.
-        check=AsyncConnectionPool.check_connection,
+        # Without a check, calls after a database restart fail with AdminShutdown on the
+        # connections opened before it; with it the pool drops dead connections and
+        # reconnects. It costs a round trip per checkout, hence the setting (on by default).
+        check=AsyncConnectionPool.check_connection if pg.check_connections else None,
         kwargs={
             "autocommit": True,
             "prepare_threshold": 0,

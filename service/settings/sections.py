@@ -98,6 +98,11 @@ class PostgresSettings(Section):
     connect_timeout_s: int = Field(5, ge=1, description="TCP/auth timeout for new connections.")
     max_lifetime_s: float = Field(1800.0, gt=0, description="Recycle connections after this age.")
     max_idle_s: float = Field(300.0, gt=0, description="Close idle surplus connections after this.")
+    check_connections: bool = Field(
+        True, description="Check each connection with a round trip as the pool hands it out. "
+        "Off, calls fail with AdminShutdown after a database restart on connections opened "
+        "before it; on, it costs a round trip per checkout (see docs/performance.md)."
+    )
     startup_timeout_s: float = Field(
         30.0, gt=0, description="How long start-up waits for the database before failing."
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
+from service.persistence import open_persistence
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support.postgres import PostgresServer
@@ -151,3 +154,29 @@ def test_busy_thread_is_refused_across_replicas(serve: Callable[[Settings], Thre
             break
         time.sleep(0.05)
     assert again.status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("check", [True, False])
+def test_pool_connection_check_survives_killed_connections(postgres: PostgresServer,
+                                                           check: bool) -> None:
+    """[postgres] check_connections (on by default) is what lets the first call after the
+    server dropped our connections succeed; off, that call fails (the cost it saves is in
+    docs/performance.md)."""
+    url = postgres.create_database()
+    settings = make_settings(url, postgres={"pool_min_size": 1, "pool_max_size": 1,
+                                            "check_connections": check})
+
+    async def scenario() -> None:
+        async with open_persistence(settings) as persistence:
+            await persistence.ping()
+            with psycopg.connect(url, autocommit=True) as admin:  # a failover, in effect
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            if check:
+                await persistence.ping()
+            else:
+                with pytest.raises(psycopg.OperationalError):
+                    await persistence.ping()
+
+    asyncio.run(scenario())
