@@ -20,7 +20,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from service.persistence.event_log import POSTGRES_SCHEMA as EVENTS_POSTGRES_SCHEMA
 from service.persistence.event_log import (
@@ -38,6 +38,7 @@ from service.persistence.leases import (
     SqliteLeases,
     ThreadLeases,
 )
+from service.persistence.pool_check import CheckedPool
 from service.persistence.runs import POSTGRES_SCHEMA as RUNS_POSTGRES_SCHEMA
 from service.persistence.runs import MemoryRuns, PostgresRuns, RunRegistry, SqliteRuns
 from service.persistence.threads import POSTGRES_SCHEMA as THREADS_POSTGRES_SCHEMA
@@ -182,7 +183,7 @@ def postgres_conninfo(settings: Settings) -> str:
 
 def make_pool(settings: Settings) -> Pool:
     pg = settings.postgres
-    return AsyncConnectionPool(
+    return CheckedPool(
         postgres_conninfo(settings),
         connection_class=AsyncConnection[DictRow],
         min_size=pg.pool_min_size,
@@ -193,8 +194,8 @@ def make_pool(settings: Settings) -> Pool:
         open=False,
         # Without a check, calls after a database restart fail with AdminShutdown on the
         # connections opened before it; with it the pool drops dead connections and
-        # reconnects. It costs a round trip per checkout, hence the setting (on by default).
-        check=AsyncConnectionPool.check_connection if pg.check_connections else None,
+        # reconnects. A connection handed back a moment ago is not checked (pool_check).
+        check_connections=pg.check_connections,
         kwargs={
             "autocommit": True,
             "prepare_threshold": 0,

@@ -99,9 +99,9 @@ class PostgresSettings(Section):
     max_lifetime_s: float = Field(1800.0, gt=0, description="Recycle connections after this age.")
     max_idle_s: float = Field(300.0, gt=0, description="Close idle surplus connections after this.")
     check_connections: bool = Field(
-        True, description="Check each connection with a round trip as the pool hands it out. "
-        "Off, calls fail with AdminShutdown after a database restart on connections opened "
-        "before it; on, it costs a round trip per checkout (see docs/performance.md)."
+        True, description="Check a connection with a round trip before the pool hands it "
+        "out (unless it was handed back in the last 100 ms). Off, calls fail with "
+        "AdminShutdown after a database restart on connections opened before it."
     )
     startup_timeout_s: float = Field(
         30.0, gt=0, description="How long start-up waits for the database before failing."

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from service.persistence import open_persistence
+from service.persistence.pool_check import RECENTLY_RETURNED_S
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.support.postgres import PostgresServer
@@ -161,20 +162,29 @@ def test_busy_thread_is_refused_across_replicas(serve: Callable[[Settings], Thre
 def test_pool_connection_check_survives_killed_connections(postgres: PostgresServer,
                                                            check: bool) -> None:
     """[postgres] check_connections (on by default) is what lets the first call after the
-    server dropped our connections succeed; off, that call fails (the cost it saves is in
-    docs/performance.md)."""
+    server dropped our connections succeed; off, that call fails. A connection handed back
+    within the last 100 ms is not checked again (service.persistence.pool_check): killed
+    inside that window, it fails one call even with checks on."""
     url = postgres.create_database()
     settings = make_settings(url, postgres={"pool_min_size": 1, "pool_max_size": 1,
                                             "check_connections": check})
 
+    def kill_connections() -> None:  # a failover or an operator, in effect
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
     async def scenario() -> None:
         async with open_persistence(settings) as persistence:
             await persistence.ping()
-            with psycopg.connect(url, autocommit=True) as admin:  # a failover, in effect
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                              " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            await asyncio.sleep(RECENTLY_RETURNED_S * 2)  # idle past the window
+            kill_connections()
             if check:
-                await persistence.ping()
+                await persistence.ping()  # checked, found dead, replaced
+                kill_connections()  # right after use: inside the window
+                with pytest.raises(psycopg.OperationalError):
+                    await persistence.ping()
+                await persistence.ping()  # the dead one was dropped
             else:
                 with pytest.raises(psycopg.OperationalError):
                     await persistence.ping()
