@@ -112,6 +112,7 @@ def create_app(
                 settings, observer=CheckpointerTimer(metrics.checkpointer_duration)))
             sampler = await stack.enter_async_context(anyio.create_task_group())
             sampler.start_soon(sample_periodically, metrics, persistence.pool_stats)
+            sampler.start_soon(rate_limits.sweep_periodically)
             stack.callback(sampler.cancel_scope.cancel)
             graphs = await load_graphs(settings, persistence.checkpointer)
             executor = RunExecutor(persistence.leases, settings.runs, settings.streaming,

@@ -30,6 +30,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 
 from service.observability.metrics import Metrics
+from service.security.limit_storage import SWEEP_INTERVAL_S, SweptMemoryStorage, storage_uri
 from service.security.principal import principal_of
 from service.settings import RateLimitSettings
 
@@ -90,7 +91,7 @@ class PrincipalLimiter:
             in_memory_fallback=[_limit_for_request] if on_storage_error == "memory" else [],
             headers_enabled=True,
             strategy=settings.strategy,
-            storage_uri=uri,
+            storage_uri=storage_uri(uri),
             storage_options=options,  # type: ignore[arg-type]
             key_prefix=name,
             key_style="url",
@@ -131,6 +132,12 @@ class PrincipalLimiter:
         # With the memory fallback, slowapi answers from memory while the storage is down.
         self._report(up=not self.limiter._storage_dead)
         return Decision("allowed", getattr(request.state, "view_rate_limit", None))
+
+    @property
+    def swept_storage(self) -> SweptMemoryStorage | None:
+        """The in-memory storage graphgate cleans up itself, if that is what this uses."""
+        storage = self.limiter._storage
+        return storage if isinstance(storage, SweptMemoryStorage) else None
 
     def _report(self, *, up: bool) -> None:
         if self.backend_up is not None:
@@ -185,6 +192,18 @@ class RateLimits:
                                          on_storage_error=settings.on_storage_error)
         self.runs = PrincipalLimiter(settings, name="runs", backend_up=up,
                                      on_storage_error=settings.runs_on_storage_error)
+
+    async def sweep_periodically(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        """Drop expired in-memory entries now and then (see limit_storage); runs for the
+        app's life, on the loop, where the hits are made."""
+        storages = [s for s in (self.requests.swept_storage, self.runs.swept_storage)
+                    if s is not None]
+        if not storages:
+            return
+        while True:
+            await anyio.sleep(interval_s)
+            for storage in storages:
+                storage.sweep()
 
     def request_limit(self, request: Request) -> str:
         principal = principal_of(request.scope)
