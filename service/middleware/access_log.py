@@ -27,6 +27,7 @@ import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware.response_hooks import on_response_end, on_response_start
 from service.security.principal import SCOPE_STATE_KEY, Principal
 
 ACCESS_STATE_KEY = "access"
@@ -78,21 +79,19 @@ class AccessLogMiddleware:
         event_stream = False
         ended: float | None = None
 
-        async def send_noting_response(message: Message) -> None:
-            nonlocal status, event_stream, ended
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message["status"])
-                event_stream = _is_event_stream(message.get("headers", ()))
-            await send(message)
-            if (kind == "http.response.body" and not message.get("more_body", False)) or (
-                kind == "http.response.pathsend"
-            ):
-                ended = self.clock()
+        def note_start(message: Message) -> None:
+            nonlocal status, event_stream
+            status = int(message["status"])
+            event_stream = _is_event_stream(message.get("headers", ()))
 
+        def note_end() -> None:
+            nonlocal ended
+            ended = self.clock()
+
+        send = on_response_end(scope, on_response_start(scope, send, note_start), note_end)
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_noting_response)
+            await self.app(scope, receive, send)
         except BaseException as exc:
             error = exc
             raise

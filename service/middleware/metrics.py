@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware.response_hooks import on_response_start
 from service.observability.metrics import Metrics
 
 UNMATCHED = "unmatched"
@@ -62,20 +63,18 @@ class PrometheusMiddleware:
         status = 500
         streaming = False
 
-        async def observing_send(message: Message) -> None:
+        def observe_start(message: Message) -> None:
             nonlocal status, streaming
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name == b"content-type" and value.startswith(b"text/event-stream"):
-                        streaming = True
-                        break
-            await send(message)
+            status = message["status"]
+            for name, value in message.get("headers", ()):
+                if name == b"content-type" and value.startswith(b"text/event-stream"):
+                    streaming = True
+                    break
 
         in_flight = self.metrics.http_in_flight
         in_flight.inc()
         try:
-            await self.app(scope, receive, observing_send)
+            await self.app(scope, receive, on_response_start(scope, send, observe_start))
         finally:
             in_flight.dec()
             route = self.routes(scope)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import problem
+from service.middleware.response_hooks import on_response_start
 from service.observability.metrics import Metrics
 from service.security.rate_limits import RateLimits
 
@@ -62,11 +63,9 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    headers.setdefault(name, value)
-            await send(message)
+        def add_limits(message: Message) -> None:
+            headers = MutableHeaders(scope=message)
+            for name, value in extra.items():
+                headers.setdefault(name, value)
 
-        await self.app(scope, receive, send_with_limits)
+        await self.app(scope, receive, on_response_start(scope, send, add_limits))

@@ -8,6 +8,8 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware.response_hooks import host_response_hooks, on_response_start
+
 # A client-supplied id is kept only if it is short and boring; anything else (log
 # injection, huge values) is replaced by a fresh one.
 _VALID = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -36,11 +38,13 @@ class RequestIdMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         encoded = request_id.encode()
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
-                headers.append((HEADER, encoded))
-                message = {**message, "headers": headers}
-            await send(message)
+        def with_id(message: Message) -> Message:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+            headers.append((HEADER, encoded))
+            return {**message, "headers": headers}
 
-        await self.app(scope, receive, send_with_id)
+        # Outermost of graphgate's middlewares, so it hosts the response hooks of those
+        # inside it (see response_hooks); its own hook, registered first, runs last.
+        send = host_response_hooks(scope, send)
+        send = on_response_start(scope, send, with_id)
+        await self.app(scope, receive, send)

@@ -11,6 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import HARDENING_HEADERS
+from service.middleware.response_hooks import on_response_start
 
 
 class SecurityHeadersMiddleware:
@@ -31,12 +32,10 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                # setdefault: a response's own Cache-Control (streams set theirs) wins.
-                for name, value in self.headers.items():
-                    headers.setdefault(name, value)
-            await send(message)
+        await self.app(scope, receive, on_response_start(scope, send, self._add_headers))
 
-        await self.app(scope, receive, send_with_headers)
+    def _add_headers(self, message: Message) -> None:
+        headers = MutableHeaders(scope=message)
+        # setdefault: a response's own Cache-Control (streams set theirs) wins.
+        for name, value in self.headers.items():
+            headers.setdefault(name, value)
