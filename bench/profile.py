@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.client import get_load, stream_load
+from bench import proc
+from bench.client import get_load, hold_streams, stream_load
 from bench.harness import HOLD_DELAY_MS, run_async
 from bench.infra import REPO, Postgres
 from bench.servers import Credentials, Server, graphgate_env
@@ -237,6 +238,29 @@ def record(pid: int, out: Path, seconds: float, py_spy: str) -> subprocess.Popen
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def profile_idle(server: Server, creds: Credentials, args: argparse.Namespace,
+                 py_spy: str, out: Path) -> dict[str, object]:
+    """py-spy on `server` while K streams are held open and nothing is sent."""
+    target = server.stream_target(creds.headers("api_key"))
+
+    async def hold_and_sample() -> dict[str, float]:
+        held = await hold_streams(target, args.idle, parallel=100, timeout_s=240)
+        try:
+            await asyncio.sleep(2.0)  # let the last runs reach their pause
+            cpu = server.cpu_seconds()
+            spy = record(server.pid, out / "idle.txt", args.seconds, py_spy)
+            await asyncio.sleep(args.seconds + 1)
+            spy.wait(60)
+            return {"open": held.opened, "errors": len(held.errors),
+                    "idle_cpu_pct": round((server.cpu_seconds() - cpu)
+                                          / (args.seconds + 1) * 100, 1)}
+        finally:
+            held.close()
+
+    figures = run_async(hold_and_sample())
+    return {**figures, **analyse(out / "idle.txt")}
+
+
 def profile_server(server: Server, creds: Credentials, args: argparse.Namespace,
                    py_spy: str, out: Path) -> dict[str, object]:
     """py-spy on `server` under stream load, then (unless --storage) under GET load."""
@@ -284,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, metavar="K",
                         help="instead: Python allocations per open stream, K streams "
                         "held in-process (tracemalloc), bare app against graphgate")
+    parser.add_argument("--idle", type=int, metavar="K",
+                        help="instead: K streams held open on a paused graph, sampled while "
+                        "nothing is sent (what idle open streams cost)")
     parser.add_argument("--storage", choices=("memory", "sqlite", "postgres"),
                         help="instead: conversation turns (each client continues its own "
                         "thread, as the storage section) on this store, streams only")
@@ -305,7 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("py-spy is not installed (.venv/bin/pip install py-spy)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    creds = Credentials(out / "creds", 50)
+    # The concurrent-stream cap is per key: enough keys for --idle's streams.
+    creds = Credentials(out / "creds", max(50, (args.idle or 0) // 50 + 1))
+    if args.idle:
+        proc.raise_fd_limit(2 * args.idle + 1000)
+        server = Server("graphgate-idle", "graphgate", out, tokens=1, delay_ms=HOLD_DELAY_MS,
+                        env=graphgate_env(creds, out)).start()
+        try:
+            report = {"idle": profile_idle(server, creds, args, py_spy, out)}
+        finally:
+            server.stop()
+        return print_report(report)
     with contextlib.ExitStack() as stack:
         env = graphgate_env(creds, out)
         if args.storage == "postgres":
@@ -318,9 +355,16 @@ def main(argv: list[str] | None = None) -> int:
                         env=env).start()
         stack.callback(server.stop)
         report = profile_server(server, creds, args, py_spy, out)
+    return print_report(report)
+
+
+def print_report(report: dict[str, object]) -> int:
     for phase, data in report.items():
         assert isinstance(data, dict)
         print(f"\n== {phase}: {data['samples']} samples (on-CPU, GIL held)")
+        if "idle_cpu_pct" in data:
+            print(f"  {data['open']} streams open ({data['errors']} failed to open), "
+                  f"server CPU while idle {data['idle_cpu_pct']}%")
         for name, pct in data["components"].items():
             print(f"  {pct:5.1f}%  {name}")
         print("  -- top functions by self time")

@@ -157,6 +157,8 @@ class Run:
         self._lease_lost = False
         # When the lease was last extended (the keeper renews it; see lease_keeper).
         self.renewed_at = anyio.current_time()
+        # (thread key, run id): built once, the keeper reads it every period.
+        self.lease: Lease = (request.thread_key, self.run_id)
         self._stopped_for_shutdown = False
         self._run_scope: anyio.CancelScope | None = None
         self._abandoned: asyncio.Future[None] | None = None
@@ -317,10 +319,6 @@ class Run:
         elif task_id in started and isinstance(task.get("name"), str):
             observer.node_finished(self.request.graph_name, task["name"],
                                    time.monotonic() - started.pop(task_id))
-
-    @property
-    def lease(self) -> Lease:
-        return (self.request.thread_key, self.run_id)
 
     @property
     def wants_renewal(self) -> bool:
