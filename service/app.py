@@ -56,7 +56,7 @@ from service.security.stream_slots import open_stream_slots
 from service.settings import Settings
 from service.streaming.executor import RunExecutor
 from service.streaming.run_manager import RunManager, purge_run_events
-from service.streaming.send_watchdog import SendWatchdog
+from service.streaming.send_watchdog import SendWatchdog, check_interval
 
 SHUTDOWN_RELEASE_WAIT_S = 5.0
 
@@ -138,8 +138,8 @@ def create_app(
                                      settings.streaming)
             sampler.start_soon(purge_run_events, persistence.events, settings.runs)
             send_watchdog = SendWatchdog()
-            sampler.start_soon(send_watchdog.run,
-                               min(1.0, settings.streaming.send_timeout_s / 4))
+            sampler.start_soon(send_watchdog.run, check_interval(
+                settings.streaming.send_timeout_s, settings.streaming.heartbeat_interval_s))
             resources = Resources(settings, persistence, graphs, executor, lifecycle,
                                   authenticator, rate_limits, stream_slots, metrics, run_manager,
                                   send_watchdog)

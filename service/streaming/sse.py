@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.streaming.send_watchdog import SendWatchdog
+from service.streaming.send_watchdog import SendWatchdog, check_interval
 
 log = structlog.get_logger("graphgate.sse")
 
@@ -83,6 +83,8 @@ def _with_queued(first: bytes, frames: MemoryObjectReceiveStream[bytes]) -> byte
             frame = frames.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream):
             break
+        if frame is HEARTBEAT:  # data is flowing: no need for it
+            continue
         parts.append(frame)
         size += len(frame)
     return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -102,8 +104,9 @@ class EventStreamResponse(Response):
         send_timeout_s: a client that has not taken a frame within this long (it stopped
             reading but kept the socket open) is treated as gone: the run is cancelled
             rather than held, with its lease and buffered output, for ever.
-        watchdog: the worker's SendWatchdog, which times every stream's writes from one
-            task; without one the response runs a watchdog of its own.
+        watchdog: the worker's SendWatchdog, which times every stream's writes and
+            silences from one task (send timeouts, heartbeats); without one the response
+            runs a watchdog of its own.
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class EventStreamResponse(Response):
         self.watchdog = watchdog
         self.ending: Ending = "cancelled"
         self._sending_since: float | None = None
+        self._last_write = 0.0
+        self._sender: MemoryObjectSendStream[bytes] | None = None
         self._scope: anyio.CancelScope | None = None
         self.status_code = 200
         self.background: BackgroundTask | None = None
@@ -142,10 +147,13 @@ class EventStreamResponse(Response):
                 watchdog = self.watchdog
                 if watchdog is None:
                     watchdog = SendWatchdog()
-                    tg.start_soon(watchdog.run, min(1.0, self.send_timeout_s / 4))
+                    tg.start_soon(watchdog.run,
+                                  check_interval(self.send_timeout_s, self.heartbeat_interval_s))
+                sender, frames = anyio.create_memory_object_stream[bytes](math.inf)
+                self._sender = sender
+                self._last_write = anyio.current_time()
                 watchdog.watch(self)
                 try:
-                    sender, frames = anyio.create_memory_object_stream[bytes](math.inf)
                     tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                     tg.start_soon(self._produce, sender)
                     completed = await self._forward(frames, send)
@@ -192,33 +200,39 @@ class EventStreamResponse(Response):
                 try:
                     body = frames.receive_nowait()
                 except anyio.WouldBlock:
-                    body = None
-                    with anyio.move_on_after(self.heartbeat_interval_s):
-                        try:
-                            body = await frames.receive()
-                        except anyio.EndOfStream:
-                            return True
+                    # No timer here: the watchdog queues a heartbeat after a silence.
+                    try:
+                        body = await frames.receive()
+                    except anyio.EndOfStream:
+                        return True
                 except anyio.EndOfStream:
                     return True
-                if body is None:
-                    body = HEARTBEAT
+                if body is HEARTBEAT:
                     if self.observer is not None:
                         self.observer.heartbeat()
                 else:
                     body = _with_queued(body, frames)
-                self._sending_since = anyio.current_time()
+                started = self._sending_since = anyio.current_time()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 self._sending_since = None
+                self._last_write = started
 
-    @property
-    def sending_since(self) -> float | None:
-        return self._sending_since
-
-    def send_timed_out(self) -> None:
-        """Called by the watchdog: the client has not taken a write within send_timeout_s."""
-        log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
-        if self._scope is not None:
-            self._scope.cancel()
+    def tick(self, now: float) -> bool:
+        """The watchdog's check: stop a stream whose client has not taken a write within
+        send_timeout_s; queue a heartbeat after heartbeat_interval_s without a write."""
+        since = self._sending_since
+        if since is not None:
+            if now - since < self.send_timeout_s:
+                return True
+            log.warning("stream_send_timeout", send_timeout_s=self.send_timeout_s)
+            if self._scope is not None:
+                self._scope.cancel()
+            return False
+        if now - self._last_write >= self.heartbeat_interval_s and self._sender is not None:
+            self._last_write = now  # one heartbeat per silence, not one per tick
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._sender.send_nowait(HEARTBEAT)
+        return True
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while True:
