@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
+import httpx
 import pytest
 from starlette.requests import Request
 
-from service.security.limit_storage import SweptMemoryStorage, storage_uri
+from service.middleware.rate_limit import RATE_LIMITS_STATE_KEY
+from service.security.limit_storage import SWEEP_INTERVAL_S, SweptMemoryStorage, storage_uri
 from service.security.rate_limits import PrincipalLimiter, RateLimits
-from service.settings import RateLimitSettings
+from service.settings import RateLimitSettings, Settings
+from tests.conftest import make_settings
+from tests.support.servers import ThreadServer
 
 
 def settings(**overrides: object) -> RateLimitSettings:
@@ -94,3 +99,19 @@ def test_shared_storage_is_left_to_its_own_expiry() -> None:
     limiter = PrincipalLimiter(settings(storage_uri="redis://127.0.0.1:1/0"),
                                name="requests", on_storage_error="memory")
     assert limiter.swept_storage is None
+
+
+def test_a_running_server_sweeps_its_limit_storage(
+        serve: Callable[[Settings], ThreadServer]) -> None:
+    """Through a real uvicorn server: the lifespan runs the sweeper, so entries from real
+    requests are dropped once they expire, without another request touching the key."""
+    server = serve(make_settings("memory:", rate_limit={
+        "enabled": True, "anonymous_limits": "1/second", "default_limits": "1/second"}))
+    assert httpx.get(server.url + "/v1/threads").status_code == 200
+    limits: RateLimits = server.server.lifespan.state[RATE_LIMITS_STATE_KEY]
+    storage = limits.requests.swept_storage
+    assert storage is not None and storage.events  # the request's entry
+    deadline = time.monotonic() + 2 + 2 * SWEEP_INTERVAL_S
+    while storage.events:
+        assert time.monotonic() < deadline, "the running server never swept its limits"
+        time.sleep(0.1)
